@@ -1,0 +1,80 @@
+"""What a replica's vLLM engine is made of: typed, frozen, turned into vLLM's own
+`AsyncEngineArgs` in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from actors.kv.medium import MediumKind
+
+
+class TransferFailurePolicy(str, Enum):
+    """What an importer does when KV cannot be had: compute it, or fail the request."""
+
+    RECOMPUTE = "recompute"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model: str
+    served_model_name: str = "tide-tiny"
+    dtype: str = "float32"
+    block_size: int = 32
+    max_model_len: int = 2048
+    kv_cache_bytes: int = 256 << 20
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True
+    seed: int = 0
+    medium: MediumKind = MediumKind.SHARED_MEMORY
+    # Where exports are staged: shared memory for the shm and ray mediums, a directory
+    # (local, or shared between nodes) for the disk medium.
+    shm_dir: str = "/dev/shm/tide"
+    disk_dir: str = "/tmp/tide-kv"
+    on_transfer_failure: TransferFailurePolicy = TransferFailurePolicy.RECOMPUTE
+    # vLLM's CPU backend binds OpenMP threads to cores; "nobind" leaves placement to the OS,
+    # which is what several engines sharing a few cores need.
+    cpu_threads_bind: str | None = None
+
+    def staging_dir_for(self, medium: MediumKind) -> Path:
+        return Path(self.disk_dir if medium == MediumKind.DISK else self.shm_dir)
+
+    def engine_args(self):
+        from vllm.config import KVTransferConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        return AsyncEngineArgs(
+            model=self.model,
+            served_model_name=[self.served_model_name],
+            dtype=self.dtype,
+            block_size=self.block_size,
+            max_model_len=self.max_model_len,
+            kv_cache_memory_bytes=self.kv_cache_bytes,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            enable_prefix_caching=self.enable_prefix_caching,
+            enforce_eager=self.enforce_eager,
+            seed=self.seed,
+            kv_transfer_config=KVTransferConfig(**self._kv_transfer_fields()),
+        )
+
+    def _kv_transfer_fields(self) -> dict:
+        if self.medium == MediumKind.NIXL:
+            return {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+        return {
+            "kv_connector": "TideKVConnector",
+            "kv_connector_module_path": "actors.kv.connector",
+            "kv_role": "kv_both",
+            "kv_connector_extra_config": {"staging_dir": self.shm_dir},
+            "kv_load_failure_policy": self.on_transfer_failure.value,
+        }
+
+    def process_env(self) -> dict[str, str]:
+        env = {}
+        if self.cpu_threads_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
+        return env

@@ -1,0 +1,135 @@
+"""Scheduler side of the Tide KV connector: decides which blocks to load and to export.
+
+Runs in vLLM's engine-core process. Side-effect free towards the engine: it only reads
+scheduler outputs and the KV cache manager's block tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vllm.logger import init_logger
+
+from actors.kv.layout import StagedKVError, read_header
+from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM, ExportSpec, ImportSpec
+
+if TYPE_CHECKING:
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+logger = init_logger(__name__)
+
+
+@dataclass(frozen=True)
+class _PendingImport:
+    path: str
+    num_external_tokens: int
+
+
+@dataclass(frozen=True)
+class _StagedExport:
+    path: str
+    num_tokens: int
+    num_blocks: int
+
+
+class TideConnectorScheduler:
+    def __init__(self, staging_dir: str, block_size: int, kv_cache_config: KVCacheConfig):
+        if len(kv_cache_config.kv_cache_groups) != 1:
+            raise ValueError("TideKVConnector supports models with one KV cache group (full attention)")
+        self._staging_dir = Path(staging_dir)
+        self._staging_dir.mkdir(parents=True, exist_ok=True)
+        self._block_size = block_size
+        self._export_requests: dict[str, tuple[Request, Path]] = {}
+        self._pending_imports: dict[str, _PendingImport] = {}
+        self._staged_exports: dict[str, _StagedExport] = {}
+
+    def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> int:
+        params = request.kv_transfer_params or {}
+        if EXPORT_PARAM in params:
+            export_dir = Path(params[EXPORT_PARAM].get("dir") or self._staging_dir)
+            export_dir.mkdir(parents=True, exist_ok=True)
+            self._export_requests[request.request_id] = (request, export_dir)
+        spec = params.get(IMPORT_PARAM)
+        if not spec:
+            return 0
+        # At least one token is computed here so the engine produces logits.
+        loadable_blocks = (len(request.prompt_token_ids or []) - 1) // self._block_size
+        try:
+            staged_blocks = read_header(Path(spec["path"])).num_blocks
+        except StagedKVError as exc:
+            logger.warning("request %s: staged KV unusable, computing instead: %s", request.request_id, exc)
+            return 0
+        num_tokens = min(loadable_blocks, staged_blocks) * self._block_size
+        return max(0, num_tokens - num_computed_tokens)
+
+    def update_state_after_alloc(self, request: Request, num_external_tokens: int) -> None:
+        if num_external_tokens > 0:
+            path = request.kv_transfer_params[IMPORT_PARAM]["path"]
+            self._pending_imports[request.request_id] = _PendingImport(path, num_external_tokens)
+
+    def build_specs(
+        self, scheduler_output: SchedulerOutput, kv_cache_manager: KVCacheManager
+    ) -> tuple[list[ExportSpec], list[ImportSpec]]:
+        imports: list[ImportSpec] = []
+        computed_before_step: dict[str, int] = {}
+        for new_req in scheduler_output.scheduled_new_reqs:
+            computed_before_step[new_req.req_id] = new_req.num_computed_tokens
+            self._plan_import(new_req.req_id, new_req.num_computed_tokens, new_req.block_ids[0], imports)
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            computed_before_step[req_id] = cached.num_computed_tokens[i]
+            if req_id in cached.resumed_req_ids and cached.new_block_ids[i] is not None:
+                self._plan_import(req_id, cached.num_computed_tokens[i], cached.new_block_ids[i][0], imports)
+        exports = self._plan_exports(scheduler_output, computed_before_step, kv_cache_manager)
+        return exports, imports
+
+    def _plan_import(self, req_id: str, num_computed_tokens: int, block_ids: list[int], out: list[ImportSpec]) -> None:
+        pending = self._pending_imports.pop(req_id, None)
+        if pending is None:
+            return
+        # num_computed_tokens counts local prefix-cache hits plus the external tokens.
+        first_block = (num_computed_tokens - pending.num_external_tokens) // self._block_size
+        num_blocks = pending.num_external_tokens // self._block_size
+        dst = list(block_ids[first_block : first_block + num_blocks])
+        out.append(ImportSpec(request_id=req_id, path=pending.path, src_block_start=first_block, dst_block_ids=dst))
+
+    def _plan_exports(
+        self,
+        scheduler_output: SchedulerOutput,
+        computed_before_step: dict[str, int],
+        kv_cache_manager: KVCacheManager,
+    ) -> list[ExportSpec]:
+        exports = []
+        for req_id, (request, export_dir) in list(self._export_requests.items()):
+            if req_id not in computed_before_step:
+                continue
+            num_prompt = len(request.prompt_token_ids or [])
+            scheduled = scheduler_output.num_scheduled_tokens.get(req_id, 0)
+            if computed_before_step[req_id] + scheduled < num_prompt:
+                continue  # the prompt is still being prefilled in chunks
+            del self._export_requests[req_id]
+            num_blocks = num_prompt // self._block_size
+            if num_blocks == 0:
+                continue  # nothing worth moving: the importer recomputes a sub-block prompt
+            block_ids = list(kv_cache_manager.get_block_ids(req_id)[0][:num_blocks])
+            path = str(export_dir / f"{os.getpid()}-{uuid.uuid4().hex}.kv")
+            num_tokens = num_blocks * self._block_size
+            exports.append(ExportSpec(request_id=req_id, path=path, block_ids=block_ids, num_tokens=num_tokens))
+            self._staged_exports[req_id] = _StagedExport(path, num_tokens, num_blocks)
+        return exports
+
+    def request_finished(self, request: Request) -> dict[str, Any] | None:
+        req_id = request.request_id
+        self._export_requests.pop(req_id, None)
+        self._pending_imports.pop(req_id, None)
+        staged = self._staged_exports.pop(req_id, None)
+        if staged is None:
+            return None
+        return {STAGED_PARAM: {"path": staged.path, "num_tokens": staged.num_tokens, "num_blocks": staged.num_blocks}}

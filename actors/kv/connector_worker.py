@@ -1,0 +1,71 @@
+"""Worker side of the Tide KV connector: copies blocks between the paged cache and staged
+KV files. Runs next to the model (vLLM's worker process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from vllm.logger import init_logger
+
+from actors.kv.layout import StagedKVError, load_staged_kv, plan_layout, write_staged_kv
+from actors.kv.specs import ExportSpec, ImportSpec
+
+if TYPE_CHECKING:
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+
+logger = init_logger(__name__)
+
+
+def find_block_dim(cache: torch.Tensor, num_blocks: int) -> int:
+    """The dimension that indexes blocks: 0 in vLLM's CPU layout, 1 in layouts that put
+    K/V first. Found by size, so the connector follows whatever the backend allocated."""
+    for dim in (0, 1):
+        if cache.shape[dim] == num_blocks:
+            return dim
+    raise ValueError(f"cannot find the block dimension of a KV cache of shape {tuple(cache.shape)}")
+
+
+class TideConnectorWorker:
+    def __init__(self, block_size: int, kv_cache_config: KVCacheConfig):
+        self._block_size = block_size
+        self._num_blocks = kv_cache_config.num_blocks
+        self._kv_caches: dict[str, torch.Tensor] = {}
+        self._block_dim = 0
+        self._failed_block_ids: set[int] = set()
+
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        # Layers that share one cache tensor are stored once.
+        seen: set[int] = set()
+        for name, cache in kv_caches.items():
+            if cache.data_ptr() not in seen:
+                seen.add(cache.data_ptr())
+                self._kv_caches[name] = cache
+        self._block_dim = find_block_dim(next(iter(self._kv_caches.values())), self._num_blocks)
+
+    def save(self, exports: list[ExportSpec]) -> None:
+        for spec in exports:
+            header = plan_layout(
+                self._kv_caches, self._block_dim, self._block_size, len(spec.block_ids), spec.num_tokens
+            )
+            try:
+                write_staged_kv(Path(spec.path), self._kv_caches, spec.block_ids, header)
+            except OSError as exc:
+                # The importer sees no file and computes instead; nothing waits on it.
+                logger.error("request %s: staging KV to %s failed: %s", spec.request_id, spec.path, exc)
+
+    def load(self, imports: list[ImportSpec]) -> None:
+        for spec in imports:
+            try:
+                load_staged_kv(Path(spec.path), self._kv_caches, spec.src_block_start, spec.dst_block_ids)
+            except (StagedKVError, OSError, RuntimeError) as exc:
+                logger.error("request %s: loading staged KV failed: %s", spec.request_id, exc)
+                self._failed_block_ids.update(spec.dst_block_ids)
+                continue
+            # A staged file is consumed once: the importer owns it from here.
+            Path(spec.path).unlink(missing_ok=True)
+
+    def take_failed_block_ids(self) -> set[int]:
+        failed, self._failed_block_ids = self._failed_block_ids, set()
+        return failed

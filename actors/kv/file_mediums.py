@@ -1,0 +1,43 @@
+"""Mediums where the staged file itself is what moves: shared memory and disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.kv.medium import KVHandle, MediumKind, StagedExport, TransferError, TransferMedium, validated_size
+
+
+class SharedMemoryMedium(TransferMedium):
+    """Same node only: the exporter stages into /dev/shm and the importer maps the same file."""
+
+    kind = MediumKind.SHARED_MEMORY
+
+    def publish(self, staged: StagedExport) -> KVHandle:
+        return self._handle(staged, validated_size(Path(staged.path)), path=staged.path)
+
+    def fetch(self, handle: KVHandle) -> Path:
+        if handle.source_node_id != self.node_id:
+            raise TransferError(
+                f"shared-memory KV from node {handle.source_node_id} cannot be read on node "
+                f"{self.node_id}; use the ray or disk medium across nodes"
+            )
+        path = Path(handle.path or "")
+        validated_size(path)
+        return path
+
+    def discard(self, handle: KVHandle) -> None:
+        Path(handle.path or "").unlink(missing_ok=True)
+
+
+class DiskMedium(SharedMemoryMedium):
+    """A directory, local or shared between nodes (NFS, a shared volume): the exporter
+    stages into it and the importer reads the file by path from any node that mounts it."""
+
+    kind = MediumKind.DISK
+
+    def fetch(self, handle: KVHandle) -> Path:
+        path = Path(handle.path or "")
+        if not path.exists():
+            raise TransferError(f"staged KV {path} is not visible on node {self.node_id}")
+        validated_size(path)
+        return path

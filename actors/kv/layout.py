@@ -1,0 +1,162 @@
+"""The staged KV file: a request's KV blocks, keyed by layer name.
+
+Layout: a JSON header padded to `HEADER_BYTES`, then one contiguous chunk per layer holding
+that layer's blocks in order (the block dimension of the engine's own cache layout, so a
+chunk is a plain `index_select` of the paged cache). An importer can read every layer or a
+subset, and every block or a prefix.
+
+Files are written under a temporary name and renamed when complete, so a reader never sees
+a partial file; `read_header` checks the size, so a truncated file is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+MAGIC = "TIDEKV1"
+HEADER_BYTES = 4096
+_ALIGN = 4096
+
+
+class StagedKVError(Exception):
+    """The staged KV file is missing, truncated or does not match the engine."""
+
+
+@dataclass(frozen=True)
+class LayerChunk:
+    name: str
+    offset: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StagedKVHeader:
+    dtype: str
+    block_dim: int
+    block_size: int
+    num_blocks: int
+    num_tokens: int
+    total_bytes: int
+    layers: tuple[LayerChunk, ...]
+
+    def layer(self, name: str) -> LayerChunk:
+        for chunk in self.layers:
+            if chunk.name == name:
+                return chunk
+        raise StagedKVError(f"layer {name!r} is not in the staged KV")
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise StagedKVError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _chunk_shape(layer_cache: torch.Tensor, block_dim: int, num_blocks: int) -> tuple[int, ...]:
+    shape = list(layer_cache.shape)
+    shape[block_dim] = num_blocks
+    return tuple(shape)
+
+
+def plan_layout(
+    kv_caches: dict[str, torch.Tensor], block_dim: int, block_size: int, num_blocks: int, num_tokens: int
+) -> StagedKVHeader:
+    offset = HEADER_BYTES
+    chunks = []
+    dtype = None
+    for name, cache in kv_caches.items():
+        dtype = cache.dtype
+        shape = _chunk_shape(cache, block_dim, num_blocks)
+        chunks.append(LayerChunk(name=name, offset=offset, shape=shape))
+        nbytes = cache.element_size() * int(torch.Size(shape).numel())
+        offset += -(-nbytes // _ALIGN) * _ALIGN
+    return StagedKVHeader(
+        dtype=str(dtype), block_dim=block_dim, block_size=block_size, num_blocks=num_blocks,
+        num_tokens=num_tokens, total_bytes=offset, layers=tuple(chunks),
+    )
+
+
+def _encode_header(header: StagedKVHeader) -> bytes:
+    raw = json.dumps({"magic": MAGIC, **asdict(header)}).encode()
+    if len(raw) > HEADER_BYTES:
+        raise StagedKVError("too many layers for the staged KV header")
+    return raw.ljust(HEADER_BYTES, b" ")
+
+
+def write_staged_kv(
+    path: Path, kv_caches: dict[str, torch.Tensor], block_ids: list[int], header: StagedKVHeader
+) -> int:
+    """Copies `block_ids` of every layer into a new file at `path`; returns its size."""
+    tmp_path = path.with_name(path.name + ".partial")
+    fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, header.total_bytes)
+        os.pwrite(fd, _encode_header(header), 0)
+    finally:
+        os.close(fd)
+    mapped = torch.from_file(str(tmp_path), shared=True, size=header.total_bytes, dtype=torch.uint8)
+    index = torch.tensor(block_ids, dtype=torch.long)
+    dtype = _torch_dtype(header.dtype)
+    for chunk in header.layers:
+        cache = kv_caches[chunk.name]
+        out = _chunk_view(mapped, chunk, dtype)
+        torch.index_select(cache, header.block_dim, index, out=out)
+    del mapped
+    os.replace(tmp_path, path)
+    return header.total_bytes
+
+
+def read_header(path: Path) -> StagedKVHeader:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise StagedKVError(f"staged KV {path} is unreadable: {exc}") from exc
+    try:
+        fields = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StagedKVError(f"staged KV {path} has a corrupt header") from exc
+    if fields.pop("magic", None) != MAGIC:
+        raise StagedKVError(f"{path} is not a staged KV file")
+    layers = tuple(LayerChunk(c["name"], c["offset"], tuple(c["shape"])) for c in fields.pop("layers"))
+    header = StagedKVHeader(layers=layers, **fields)
+    if size < header.total_bytes:
+        raise StagedKVError(f"staged KV {path} is truncated ({size} of {header.total_bytes} bytes)")
+    return header
+
+
+def _chunk_view(mapped: torch.Tensor, chunk: LayerChunk, dtype: torch.dtype) -> torch.Tensor:
+    nbytes = torch.Size(chunk.shape).numel() * torch.empty((), dtype=dtype).element_size()
+    return mapped[chunk.offset : chunk.offset + nbytes].view(dtype).view(chunk.shape)
+
+
+def load_staged_kv(
+    path: Path,
+    kv_caches: dict[str, torch.Tensor],
+    src_block_start: int,
+    dst_block_ids: list[int],
+) -> None:
+    """Copies staged blocks [src_block_start, src_block_start + len(dst_block_ids)) of
+    every layer in `kv_caches` into the engine's blocks `dst_block_ids`."""
+    header = read_header(path)
+    if src_block_start + len(dst_block_ids) > header.num_blocks:
+        raise StagedKVError(
+            f"staged KV holds {header.num_blocks} blocks, asked for "
+            f"{src_block_start}+{len(dst_block_ids)}"
+        )
+    dtype = _torch_dtype(header.dtype)
+    mapped = torch.from_file(str(path), shared=False, size=header.total_bytes, dtype=torch.uint8)
+    index = torch.tensor(dst_block_ids, dtype=torch.long)
+    for name, cache in kv_caches.items():
+        chunk = header.layer(name)
+        if cache.dtype != dtype or _chunk_shape(cache, header.block_dim, header.num_blocks) != chunk.shape:
+            raise StagedKVError(f"staged KV layer {name!r} does not match this engine's cache")
+        src = _chunk_view(mapped, chunk, dtype).narrow(header.block_dim, src_block_start, len(dst_block_ids))
+        cache.index_copy_(header.block_dim, index, src)

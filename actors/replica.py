@@ -1,0 +1,238 @@
+"""The replica actor: one vLLM `AsyncLLM` engine with a role (prefill, decode, colocated).
+
+It speaks tokens: prompt token ids and vLLM sampling parameters in, token-id deltas out
+(a Ray streaming generator). Prefill replicas stage a request's KV and publish it on a
+transfer medium; decode replicas fetch it and admit the request with it. The actor's
+constructor does no work; `start()` builds the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from vllm import SamplingParams
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from actors.engine_load import EngineLoad
+from actors.engine_spec import EngineSpec, TransferFailurePolicy
+from actors.kv.medium import KVHandle, MediumKind, StagedExport, TransferError, TransferMedium
+from actors.kv.registry import MEDIUMS, make_medium
+from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM
+from actors.messages import PrefillResult, ReplicaInfo, RequestTimings, TokenDelta, TokenRequest, TransferRecord
+from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
+
+
+class KVTransferFailed(Exception):
+    """The request's KV could not be fetched and the replica is configured to fail rather
+    than recompute. Retriable on another replica or after a new prefill."""
+
+
+class ReplicaNotStarted(Exception):
+    pass
+
+
+class ReplicaActor:
+    def __init__(self, replica_id: ReplicaId, pool: str, role: Role, spec: EngineSpec):
+        self.replica_id = replica_id
+        self.pool = pool
+        self.role = role
+        self.spec = spec
+        self._engine: AsyncLLM | None = None
+        self._load = EngineLoad(spec.block_size)
+        self._mediums: dict[MediumKind, TransferMedium] = {}
+        self._transfers: deque[TransferRecord] = deque(maxlen=4096)
+        self._draining = False
+        self._info: ReplicaInfo | None = None
+
+    # ---- lifecycle ----
+    async def start(self) -> ReplicaInfo:
+        if self._info is not None:
+            return self._info
+        os.environ.update(self.spec.process_env())
+        self._engine = AsyncLLM.from_engine_args(
+            self.spec.engine_args(), stat_loggers=[self._load.stat_logger_factory()]
+        )
+        node_id = ray.get_runtime_context().get_node_id()
+        for kind in MEDIUMS:
+            self._mediums[kind] = make_medium(kind, self.spec.staging_dir_for(kind), self.replica_id, node_id)
+        self._info = ReplicaInfo(
+            replica_id=self.replica_id, pool=self.pool, role=self.role, node_id=node_id, pid=os.getpid(),
+            num_total_blocks=self._engine.vllm_config.cache_config.num_gpu_blocks or 0,
+            block_size=self.spec.block_size, max_model_len=self._engine.model_config.max_model_len,
+        )
+        return self._info
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+    async def drain(self, timeout_s: float = 60.0) -> int:
+        """Stops taking new requests (routers see DRAINING) and waits for the admitted ones
+        to finish; returns how many are still running at the timeout."""
+        self._draining = True
+        deadline = time.monotonic() + timeout_s
+        while self._load.num_admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self._load.num_admitted
+
+    async def check_health(self) -> None:
+        await self._require_engine().check_health()
+
+    async def stats(self) -> ReplicaSnapshot:
+        head_blocks, waiting_blocks, queued_tokens = self._load.waiting_demand()
+        total = self._info.num_total_blocks if self._info else 0
+        return ReplicaSnapshot(
+            replica_id=self.replica_id, pool=self.pool, role=self.role, health=self._health(),
+            num_running=self._load.num_running, num_waiting=self._load.num_waiting,
+            num_total_blocks=total, num_free_blocks=round(total * (1.0 - self._load.kv_usage_frac)),
+            num_head_waiting_blocks=head_blocks, num_waiting_blocks=waiting_blocks,
+            num_queued_prompt_tokens=queued_tokens, mean_step_s=self._load.mean_step_s(),
+            observed_at_s=time.time(),
+        )
+
+    def take_transfer_records(self) -> list[TransferRecord]:
+        records = list(self._transfers)
+        self._transfers.clear()
+        return records
+
+    # ---- serving ----
+    async def generate(self, request: TokenRequest) -> AsyncIterator[TokenDelta]:
+        """Streams the request's new tokens. With a KV handle, the handle's tokens are
+        loaded instead of computed (or computed, if the transfer failed and the replica
+        recomputes on failure)."""
+        kv_params = await self._import_params(request.kv_handle)
+        async for delta in self._run(request, self._delta_sampling(request.sampling), kv_params):
+            yield delta
+
+    async def prefill(self, request: TokenRequest, medium: MediumKind | None = None) -> PrefillResult:
+        """Computes the prompt and the first token, stages the prompt's KV and publishes it."""
+        kind = medium or self.spec.medium
+        sampling = self._delta_sampling(request.sampling)
+        sampling.max_tokens = 1
+        sampling.min_tokens = min(sampling.min_tokens, 1)
+        export = {"do_remote_decode": True} if kind == MediumKind.NIXL else {EXPORT_PARAM: {"dir": str(self.spec.staging_dir_for(kind))}}
+        first: TokenDelta | None = None
+        staged: dict[str, Any] | None = None
+        async for delta, output in self._run_outputs(request, sampling, export):
+            first, staged = delta, output.kv_transfer_params
+        assert first is not None
+        if first.finish_reason == "length" and (request.sampling.max_tokens or 0) > 1:
+            # Only the prefill's own one-token budget ran out; the request goes on.
+            first = replace(first, finish_reason=None, stop_reason=None, timings=None)
+        return PrefillResult(first=first, kv_handle=self._publish(kind, staged))
+
+    async def abort(self, request_id: str) -> None:
+        await self._require_engine().abort(request_id)
+
+    # ---- internals ----
+    def _require_engine(self) -> AsyncLLM:
+        if self._engine is None:
+            raise ReplicaNotStarted(f"replica {self.replica_id} has no engine")
+        return self._engine
+
+    def _health(self) -> Health:
+        if self._engine is None:
+            return Health.STARTING
+        if self._engine.errored:
+            return Health.DEAD
+        return Health.DRAINING if self._draining else Health.HEALTHY
+
+    @staticmethod
+    def _delta_sampling(sampling: SamplingParams) -> SamplingParams:
+        sampling = sampling.clone()
+        sampling.output_kind = RequestOutputKind.DELTA
+        return sampling
+
+    async def _run(
+        self, request: TokenRequest, sampling: SamplingParams, kv_params: dict[str, Any] | None
+    ) -> AsyncIterator[TokenDelta]:
+        async for delta, _ in self._run_outputs(request, sampling, kv_params):
+            yield delta
+
+    async def _run_outputs(
+        self, request: TokenRequest, sampling: SamplingParams, kv_params: dict[str, Any] | None
+    ) -> AsyncIterator[tuple[TokenDelta, RequestOutput]]:
+        engine = self._require_engine()
+        if kv_params:
+            sampling.extra_args = {**(sampling.extra_args or {}), "kv_transfer_params": kv_params}
+        self._load.admit(request.request_id, len(request.prompt_token_ids))
+        submitted_at = time.monotonic()
+        last_at = submitted_at
+        intervals: list[float] = []
+        try:
+            stream = engine.generate({"prompt_token_ids": request.prompt_token_ids}, sampling, request.request_id)
+            async for output in stream:
+                now = time.monotonic()
+                self._load.mark_started(request.request_id)
+                completion = output.outputs[0]
+                if completion.token_ids:
+                    intervals.append(now - last_at)
+                    last_at = now
+                timings = _timings(output, intervals) if output.finished else None
+                yield TokenDelta(
+                    request_id=request.request_id, token_ids=list(completion.token_ids),
+                    num_prompt_tokens=len(request.prompt_token_ids),
+                    num_cached_tokens=output.num_cached_tokens or 0,
+                    finish_reason=completion.finish_reason, stop_reason=completion.stop_reason,
+                    logprobs=list(completion.logprobs) if completion.logprobs else None, timings=timings,
+                ), output
+        finally:
+            self._load.release(request.request_id)
+
+    async def _import_params(self, handle: KVHandle | None) -> dict[str, Any] | None:
+        if handle is None:
+            return None
+        if handle.medium == MediumKind.NIXL:
+            return handle.engine_params
+        started = time.perf_counter()
+        try:
+            path = await asyncio.to_thread(self._mediums[handle.medium].fetch, handle)
+        except TransferError as exc:
+            self._record(handle.medium, "fetch", 0, started, error=str(exc))
+            if self.spec.on_transfer_failure == TransferFailurePolicy.FAIL:
+                raise KVTransferFailed(f"KV transfer over {handle.medium.value} failed: {exc}") from exc
+            return None
+        self._record(handle.medium, "fetch", handle.num_bytes, started)
+        return {IMPORT_PARAM: {"path": str(path), "num_tokens": handle.num_tokens}}
+
+    def _publish(self, kind: MediumKind, engine_params: dict[str, Any] | None) -> KVHandle | None:
+        if kind == MediumKind.NIXL:
+            return KVHandle(MediumKind.NIXL, self.replica_id, "", 0, 0, 0, engine_params=engine_params)
+        staged = (engine_params or {}).get(STAGED_PARAM)
+        if not staged:
+            return None  # the prompt was shorter than one block: nothing worth moving
+        started = time.perf_counter()
+        try:
+            handle = self._mediums[kind].publish(StagedExport(**staged))
+        except TransferError as exc:
+            self._record(kind, "publish", 0, started, error=str(exc))
+            Path(staged["path"]).unlink(missing_ok=True)
+            return None
+        self._record(kind, "publish", handle.num_bytes, started)
+        return handle
+
+    def _record(self, kind: MediumKind, direction: str, num_bytes: int, started: float, error: str | None = None) -> None:
+        seconds = time.perf_counter() - started
+        self._transfers.append(TransferRecord(kind.value, direction, num_bytes, seconds, error is None, error))
+
+
+def _timings(output: RequestOutput, intervals: list[float]) -> RequestTimings:
+    metrics = output.metrics
+    queue_s = prefill_s = 0.0
+    if metrics is not None and metrics.scheduled_ts:
+        queue_s = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
+        if metrics.first_token_ts:
+            prefill_s = max(0.0, metrics.first_token_ts - metrics.scheduled_ts)
+    first = intervals[0] if intervals else 0.0
+    return RequestTimings(queue_s=queue_s, prefill_s=prefill_s, first_token_s=first, token_intervals_s=tuple(intervals[1:]))

@@ -1,0 +1,113 @@
+"""Cluster configuration: pydantic at the edge (YAML, CLI), frozen once loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actors.engine_spec import EngineSpec, TransferFailurePolicy
+from actors.kv.medium import MediumKind
+from policies.routing import RoutingPolicyKind
+from policies.snapshot import Role
+
+
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EngineConfig(_Frozen):
+    model: str | None = Field(
+        None, description="Hugging Face model directory; empty means the built-in tiny model"
+    )
+    served_model_name: str = "tide-tiny"
+    dtype: str = "float32"
+    block_size: int = Field(32, gt=0, description="KV block size in tokens (a multiple of 32 on CPU)")
+    max_model_len: int = Field(2048, gt=0)
+    kv_cache_bytes: int = Field(256 << 20, gt=0, description="KV cache per replica; always set on CPU")
+    max_num_seqs: int = Field(64, gt=0)
+    max_num_batched_tokens: int = Field(2048, gt=0)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True
+    seed: int = 0
+    cpu_threads_bind: str | None = Field(
+        None, description="VLLM_CPU_OMP_THREADS_BIND for each engine ('nobind' when engines share cores)"
+    )
+
+
+class KVTransferSettings(_Frozen):
+    medium: MediumKind = MediumKind.SHARED_MEMORY
+    shm_dir: str = "/dev/shm/tide"
+    disk_dir: str = "/tmp/tide-kv"
+    on_failure: TransferFailurePolicy = TransferFailurePolicy.RECOMPUTE
+
+
+class PoolConfig(_Frozen):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    role: Role
+    num_replicas: int = Field(1, ge=0)
+    num_cpus: float = Field(0.0, ge=0, description="Ray CPUs reserved per replica actor")
+    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica")
+
+
+class SLOConfig(_Frozen):
+    ttft_s: float = Field(2.0, gt=0)
+    tpot_s: float = Field(0.2, gt=0)
+
+
+class ControllerSettings(_Frozen):
+    tick_s: float = Field(0.5, gt=0)
+    health_timeout_s: float = Field(10.0, gt=0, description="a replica silent this long is dead")
+    start_timeout_s: float = Field(600.0, gt=0)
+
+
+class ClusterConfig(_Frozen):
+    name: str = Field("tide", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    engine: EngineConfig = EngineConfig()
+    kv: KVTransferSettings = KVTransferSettings()
+    pools: tuple[PoolConfig, ...] = (
+        PoolConfig(name="prefill", role=Role.PREFILL, num_replicas=1),
+        PoolConfig(name="decode", role=Role.DECODE, num_replicas=1),
+    )
+    routing: RoutingPolicyKind = RoutingPolicyKind.LOAD_AWARE
+    slo: SLOConfig = SLOConfig()
+    controller: ControllerSettings = ControllerSettings()
+
+    @model_validator(mode="after")
+    def _pools_serve(self) -> ClusterConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        roles = {p.role for p in self.pools}
+        if Role.COLOCATED not in roles and not {Role.PREFILL, Role.DECODE} <= roles:
+            raise ValueError("pools must include a colocated pool, or both a prefill and a decode pool")
+        return self
+
+    @property
+    def disaggregated(self) -> bool:
+        roles = {p.role for p in self.pools}
+        return {Role.PREFILL, Role.DECODE} <= roles
+
+    def pool(self, name: str) -> PoolConfig:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    def engine_spec(self, model_path: str) -> EngineSpec:
+        e = self.engine
+        return EngineSpec(
+            model=model_path, served_model_name=e.served_model_name, dtype=e.dtype, block_size=e.block_size,
+            max_model_len=e.max_model_len, kv_cache_bytes=e.kv_cache_bytes, max_num_seqs=e.max_num_seqs,
+            max_num_batched_tokens=e.max_num_batched_tokens, enable_prefix_caching=e.enable_prefix_caching,
+            enforce_eager=e.enforce_eager, seed=e.seed, medium=self.kv.medium, shm_dir=f"{self.kv.shm_dir}/{self.name}",
+            disk_dir=f"{self.kv.disk_dir}/{self.name}", on_transfer_failure=self.kv.on_failure,
+            cpu_threads_bind=e.cpu_threads_bind,
+        )
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ClusterConfig:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})

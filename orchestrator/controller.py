@@ -1,0 +1,256 @@
+"""The controller actor: owns pool membership, keeps pools healthy and publishes the load
+snapshot the front door routes on. The data path never goes through it (contract 2).
+
+Each tick: observe replicas -> build a frozen snapshot -> decide (pure policies) -> drop
+what is already in flight -> record -> act -> publish. The loop never dies: a failing tick
+is counted and logged, and the next one runs.
+
+It is a named, restartable actor: on (re)start it adopts the replica actors it finds by
+name, so a controller crash loses neither replicas nor requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import ray
+from ray.actor import ActorHandle
+
+from actors.messages import ReplicaInfo
+from orchestrator.config import ClusterConfig
+from orchestrator.events import ControllerEvent
+from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
+from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
+from policies.repair import InFlight, decide_repairs
+from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, ReplicaSnapshot
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """What the front door needs to route: the snapshot and a handle per replica."""
+
+    snapshot: ClusterSnapshot
+    actors: dict[ReplicaId, ActorHandle] = field(default_factory=dict)
+    infos: dict[ReplicaId, ReplicaInfo] = field(default_factory=dict)
+
+
+@dataclass
+class _Managed:
+    handle: ReplicaHandle
+    pool: str
+    info: ReplicaInfo | None = None
+    last: ReplicaSnapshot | None = None
+    last_ok_at_s: float = 0.0
+    dead_reason: str | None = None
+
+
+class ControllerActor:
+    def __init__(self, config: ClusterConfig, model_path: str):
+        self.config = config
+        self.spec = config.engine_spec(model_path)
+        self._replicas: dict[ReplicaId, _Managed] = {}
+        self._next_index: dict[str, int] = {p.name: 0 for p in config.pools}
+        self._replacing: set[ReplicaId] = set()
+        self._starting: dict[str, int] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._snapshot = ClusterSnapshot(version=0, taken_at_s=time.time())
+        self._events: deque[ControllerEvent] = deque(maxlen=2048)
+        self._loop: asyncio.Task | None = None
+        self.num_ticks = 0
+        self.num_tick_errors = 0
+        self.last_tick_s = 0.0
+
+    # ---- public API (control plane only) ----
+    async def start(self, wait_ready: bool = True) -> ClusterSnapshot:
+        if self._loop is None:
+            await self._adopt_existing_replicas()
+            self._loop = asyncio.create_task(self._run_loop())
+        if wait_ready:
+            await self.wait_until_ready(self.config.controller.start_timeout_s)
+        return self._snapshot
+
+    async def wait_until_ready(self, timeout_s: float) -> ClusterSnapshot:
+        deadline = time.monotonic() + timeout_s
+        while not self._pools_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pools not ready after {timeout_s:.0f}s: {self._pool_summary()}")
+            await asyncio.sleep(0.2)
+        return self._snapshot
+
+    async def routing_table(self) -> RoutingTable:
+        return RoutingTable(
+            snapshot=self._snapshot,
+            actors={rid: m.handle.actor for rid, m in self._replicas.items() if m.info is not None},
+            infos={rid: m.info for rid, m in self._replicas.items() if m.info is not None},
+        )
+
+    async def snapshot(self) -> ClusterSnapshot:
+        return self._snapshot
+
+    async def events(self, since_s: float = 0.0) -> list[ControllerEvent]:
+        return [e for e in self._events if e.at_s >= since_s]
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            self._loop = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(m.handle.shutdown() for m in self._replicas.values()), return_exceptions=True)
+        self._replicas.clear()
+
+    # ---- the loop ----
+    async def _run_loop(self) -> None:
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._tick()
+            except Exception:  # noqa: BLE001 - the loop never dies; the error is counted
+                self.num_tick_errors += 1
+                logger.exception("controller tick failed")
+            self.num_ticks += 1
+            self.last_tick_s = time.perf_counter() - started
+            await asyncio.sleep(max(0.0, self.config.controller.tick_s - self.last_tick_s))
+
+    async def _tick(self) -> None:
+        await self._observe()
+        self._snapshot = self._build_snapshot()
+        in_flight = InFlight(frozenset(self._replacing), tuple(sorted(self._starting.items())))
+        for action in decide_repairs(self._snapshot, in_flight):
+            self._act(action)
+
+    async def _observe(self) -> None:
+        now = time.time()
+        observed = [(rid, m) for rid, m in self._replicas.items() if m.info is not None and m.dead_reason is None]
+        results = await asyncio.gather(
+            *(m.handle.stats(self.config.controller.health_timeout_s) for _, m in observed), return_exceptions=True
+        )
+        for (rid, managed), result in zip(observed, results):
+            if isinstance(result, ReplicaSnapshot):
+                managed.last, managed.last_ok_at_s = result, now
+                if result.health == Health.DEAD:
+                    managed.dead_reason = "engine_dead"
+            elif isinstance(result, ray.exceptions.RayActorError):
+                managed.dead_reason = "actor_died"
+            elif now - managed.last_ok_at_s > self.config.controller.health_timeout_s:
+                managed.dead_reason = "unresponsive"
+
+    def _build_snapshot(self) -> ClusterSnapshot:
+        pools = []
+        for pool in self.config.pools:
+            replicas = tuple(
+                self._replica_view(rid, m) for rid, m in sorted(self._replicas.items()) if m.pool == pool.name
+            )
+            pools.append(PoolSnapshot(pool.name, pool.role, pool.num_replicas, replicas))
+        return ClusterSnapshot(version=self._snapshot.version + 1, taken_at_s=time.time(), pools=tuple(pools))
+
+    def _replica_view(self, replica_id: ReplicaId, managed: _Managed) -> ReplicaSnapshot:
+        role = self.config.pool(managed.pool).role
+        if managed.dead_reason is not None:
+            base = managed.last or ReplicaSnapshot(replica_id, managed.pool, role, Health.DEAD)
+            return ReplicaSnapshot(**{**base.__dict__, "health": Health.DEAD})
+        if managed.last is None:
+            return ReplicaSnapshot(replica_id, managed.pool, role, Health.STARTING)
+        return managed.last
+
+    # ---- acting ----
+    def _act(self, action: Action) -> None:
+        if isinstance(action, StartReplica):
+            self._starting[action.pool] = self._starting.get(action.pool, 0) + 1
+            self._spawn(self._start_replica(action.pool, action.reason), lambda: self._done_starting(action.pool))
+        elif isinstance(action, ReplaceReplica):
+            self._replacing.add(action.replica_id)
+            self._spawn(self._replace_replica(action), lambda: self._replacing.discard(action.replica_id))
+        elif isinstance(action, RemoveReplica):
+            self._spawn(self._remove_replica(action), lambda: None)
+
+    def _spawn(self, coro, on_done) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def _finish(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            on_done()
+
+        task.add_done_callback(_finish)
+
+    def _done_starting(self, pool: str) -> None:
+        self._starting[pool] -= 1
+
+    async def _start_replica(self, pool_name: str, reason: str) -> ReplicaId | None:
+        pool = self.config.pool(pool_name)
+        replica_id = ReplicaId(f"{pool_name}-{self._next_index[pool_name]}")
+        self._next_index[pool_name] += 1
+        started = time.perf_counter()
+        handle = ReplicaHandle.create(self.config.name, replica_id, pool, self.spec)
+        managed = _Managed(handle=handle, pool=pool_name)
+        self._replicas[replica_id] = managed
+        try:
+            managed.info = await handle.start(self.config.controller.start_timeout_s)
+            managed.last_ok_at_s = time.time()
+        except Exception as exc:  # noqa: BLE001 - any start failure is recorded and retried
+            self._replicas.pop(replica_id, None)
+            handle.kill()
+            self._record("scale", reason, replica_id, pool_name, started, outcome=f"failed: {exc}")
+            return None
+        self._record("scale", reason, replica_id, pool_name, started)
+        return replica_id
+
+    async def _replace_replica(self, action: ReplaceReplica) -> None:
+        started = time.perf_counter()
+        old = self._replicas.pop(action.replica_id, None)
+        if old is not None:
+            old.handle.kill()
+        new_id = await self._start_replica(action.pool, reason=f"replace:{action.reason}")
+        outcome = "ok" if new_id else "failed"
+        self._record("replace", action.reason, action.replica_id, action.pool, started, outcome=outcome)
+
+    async def _remove_replica(self, action: RemoveReplica) -> None:
+        started = time.perf_counter()
+        managed = self._replicas.get(action.replica_id)
+        if managed is None:
+            return
+        await managed.handle.drain(self.config.controller.start_timeout_s)
+        await managed.handle.shutdown()
+        self._replicas.pop(action.replica_id, None)
+        self._record("scale", action.reason, action.replica_id, action.pool, started)
+
+    def _record(self, kind: str, reason: str, replica_id: str, pool: str, started: float, outcome: str = "ok") -> None:
+        event = ControllerEvent(
+            kind=kind, reason=reason, replica=replica_id, pool=pool, outcome=outcome,
+            duration_s=time.perf_counter() - started, at_s=time.time(),
+        )
+        self._events.append(event)
+        logger.info("controller event %s", event)
+
+    # ---- restart: adopt what is already running ----
+    async def _adopt_existing_replicas(self) -> None:
+        prefix = replica_actor_name(self.config.name, ReplicaId(""))
+        names = [n for n in ray.util.list_named_actors() if n.startswith(prefix)]
+        for name in names:
+            replica_id = ReplicaId(name.removeprefix(prefix))
+            try:
+                handle = ReplicaHandle(replica_id, ray.get_actor(name))
+                info = await handle.start(self.config.controller.health_timeout_s)
+            except (ray.exceptions.RayError, ValueError, asyncio.TimeoutError):
+                continue
+            if info.pool not in self._next_index:
+                continue
+            self._replicas[replica_id] = _Managed(handle=handle, pool=info.pool, info=info, last_ok_at_s=time.time())
+            index = int(replica_id.rsplit("-", 1)[-1])
+            self._next_index[info.pool] = max(self._next_index[info.pool], index + 1)
+            self._record("adopt", "controller_start", replica_id, info.pool, time.perf_counter())
+
+    # ---- status ----
+    def _pools_ready(self) -> bool:
+        snapshot = self._snapshot
+        return bool(snapshot.pools) and all(len(p.serving) >= p.target_size for p in snapshot.pools)
+
+    def _pool_summary(self) -> str:
+        return ", ".join(f"{p.name} {len(p.serving)}/{p.target_size}" for p in self._snapshot.pools)

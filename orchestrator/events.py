@@ -1,0 +1,17 @@
+"""Structured record of every controller action: what, why, on which replica, how long,
+and how it ended (contract 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ControllerEvent:
+    kind: str
+    reason: str
+    replica: str
+    pool: str
+    outcome: str
+    duration_s: float
+    at_s: float

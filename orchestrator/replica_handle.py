@@ -1,0 +1,87 @@
+"""Every Ray call to a replica goes through `ReplicaHandle`, so the controller, the front
+door and tests see one shape."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import ray
+from ray.actor import ActorHandle
+
+from actors.kv.medium import MediumKind
+from actors.messages import PrefillResult, ReplicaInfo, TokenDelta, TokenRequest, TransferRecord
+from actors.engine_spec import EngineSpec
+from actors.replica import ReplicaActor
+from orchestrator.config import PoolConfig
+from policies.snapshot import ReplicaId, ReplicaSnapshot
+
+
+def replica_actor_name(cluster: str, replica_id: ReplicaId) -> str:
+    return f"{cluster}-replica-{replica_id}"
+
+
+class ReplicaHandle:
+    def __init__(self, replica_id: ReplicaId, actor: ActorHandle):
+        self.replica_id = replica_id
+        self.actor = actor
+
+    @classmethod
+    def create(cls, cluster: str, replica_id: ReplicaId, pool: PoolConfig, spec: EngineSpec) -> ReplicaHandle:
+        actor_cls = ray.remote(ReplicaActor)
+        # Detached and named: replicas outlive a controller crash, and a restarted
+        # controller finds them by name.
+        actor = actor_cls.options(
+            name=replica_actor_name(cluster, replica_id),
+            lifetime="detached",
+            num_cpus=pool.num_cpus,
+            resources=dict(pool.resources) or None,
+            max_restarts=0,
+            max_concurrency=1000,
+        ).remote(replica_id, pool.name, pool.role, spec)
+        return cls(replica_id, actor)
+
+    async def start(self, timeout_s: float) -> ReplicaInfo:
+        return await asyncio.wait_for(self.actor.start.remote(), timeout_s)
+
+    async def stats(self, timeout_s: float) -> ReplicaSnapshot:
+        return await asyncio.wait_for(self.actor.stats.remote(), timeout_s)
+
+    async def prefill(self, request: TokenRequest, medium: MediumKind | None = None) -> PrefillResult:
+        return await self.actor.prefill.remote(request, medium)
+
+    async def stream(self, request: TokenRequest) -> AsyncIterator[TokenDelta]:
+        refs = self.actor.generate.options(num_returns="streaming").remote(request)
+        finished = False
+        try:
+            async for ref in refs:
+                delta: TokenDelta = await ref
+                finished = delta.finished
+                yield delta
+        finally:
+            if not finished:
+                # The consumer went away (or failed): stop generating for nobody.
+                ray.cancel(refs)
+
+    async def abort(self, request_id: str) -> None:
+        await self.actor.abort.remote(request_id)
+
+    async def drain(self, timeout_s: float) -> int:
+        return await self.actor.drain.remote(timeout_s)
+
+    async def take_transfer_records(self) -> list[TransferRecord]:
+        return await self.actor.take_transfer_records.remote()
+
+    async def shutdown(self, timeout_s: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self.actor.shutdown.remote(), timeout_s)
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except ray.exceptions.RayError:
+            pass
+
