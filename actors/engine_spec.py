@@ -36,6 +36,10 @@ class EngineSpec:
     shm_dir: str = "/dev/shm/tide"
     disk_dir: str = "/tmp/tide-kv"
     on_transfer_failure: TransferFailurePolicy = TransferFailurePolicy.RECOMPUTE
+    # A transfer that has not delivered by then has failed (no request waits forever).
+    kv_fetch_timeout_s: float = 30.0
+    # Staged KV nobody fetched (the importer died, the transfer failed) is deleted after this.
+    staged_kv_ttl_s: float = 120.0
     # vLLM's CPU backend binds OpenMP threads to cores; "nobind" leaves placement to the OS,
     # which is what several engines sharing a few cores need.
     cpu_threads_bind: str | None = None

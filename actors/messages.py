@@ -7,6 +7,7 @@ from typing import Any
 
 from vllm import SamplingParams
 
+from actors.engine_spec import TransferFailurePolicy
 from actors.kv.medium import KVHandle
 from policies.snapshot import ReplicaId, RequestId, Role
 
@@ -19,6 +20,8 @@ class TokenRequest:
     sampling: SamplingParams
     # KV computed elsewhere for a prefix of prompt_token_ids.
     kv_handle: KVHandle | None = None
+    # Overrides the replica's policy when the KV cannot be fetched.
+    on_transfer_failure: TransferFailurePolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from actors.engine_load import EngineLoad
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
+from actors.kv.layout import sweep_staged_kv
 from actors.kv.medium import KVHandle, MediumKind, StagedExport, TransferError, TransferMedium
 from actors.kv.registry import MEDIUMS, make_medium
 from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM
@@ -53,6 +54,7 @@ class ReplicaActor:
         self._transfers: deque[TransferRecord] = deque(maxlen=4096)
         self._draining = False
         self._info: ReplicaInfo | None = None
+        self._janitor: asyncio.Task | None = None
 
     # ---- lifecycle ----
     async def start(self) -> ReplicaInfo:
@@ -64,18 +66,24 @@ class ReplicaActor:
         )
         node_id = ray.get_runtime_context().get_node_id()
         for kind in MEDIUMS:
-            self._mediums[kind] = make_medium(kind, self.spec.staging_dir_for(kind), self.replica_id, node_id)
+            self._mediums[kind] = make_medium(
+                kind, self.spec.staging_dir_for(kind), self.replica_id, node_id, self.spec.kv_fetch_timeout_s
+            )
         self._info = ReplicaInfo(
             replica_id=self.replica_id, pool=self.pool, role=self.role, node_id=node_id, pid=os.getpid(),
             num_total_blocks=self._engine.vllm_config.cache_config.num_gpu_blocks or 0,
             block_size=self.spec.block_size, max_model_len=self._engine.model_config.max_model_len,
         )
+        self._janitor = asyncio.create_task(self._sweep_staged_kv_forever())
         return self._info
 
     async def shutdown(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+        self._sweep_staged_kv(older_than_s=0.0)
 
     async def drain(self, timeout_s: float = 60.0) -> int:
         """Stops taking new requests (routers see DRAINING) and waits for the admitted ones
@@ -111,7 +119,7 @@ class ReplicaActor:
         """Streams the request's new tokens. With a KV handle, the handle's tokens are
         loaded instead of computed (or computed, if the transfer failed and the replica
         recomputes on failure)."""
-        kv_params = await self._import_params(request.kv_handle)
+        kv_params = await self._import_params(request.kv_handle, request.on_transfer_failure or self.spec.on_transfer_failure)
         async for delta in self._run(request, self._delta_sampling(request.sampling), kv_params):
             yield delta
 
@@ -121,7 +129,7 @@ class ReplicaActor:
         sampling = self._delta_sampling(request.sampling)
         sampling.max_tokens = 1
         sampling.min_tokens = min(sampling.min_tokens, 1)
-        export = {"do_remote_decode": True} if kind == MediumKind.NIXL else {EXPORT_PARAM: {"dir": str(self.spec.staging_dir_for(kind))}}
+        export = {"do_remote_decode": True} if kind == MediumKind.NIXL else {EXPORT_PARAM: {"dir": str(self.spec.staging_dir_for(kind)), "owner": self.replica_id}}
         first: TokenDelta | None = None
         staged: dict[str, Any] | None = None
         async for delta, output in self._run_outputs(request, sampling, export):
@@ -136,6 +144,15 @@ class ReplicaActor:
         await self._require_engine().abort(request_id)
 
     # ---- internals ----
+    def _sweep_staged_kv(self, older_than_s: float) -> int:
+        dirs = {self.spec.staging_dir_for(kind) for kind in MEDIUMS}
+        return sum(sweep_staged_kv(d, self.replica_id, older_than_s, time.time()) for d in dirs)
+
+    async def _sweep_staged_kv_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.staged_kv_ttl_s / 2)
+            await asyncio.to_thread(self._sweep_staged_kv, self.spec.staged_kv_ttl_s)
+
     def _require_engine(self) -> AsyncLLM:
         if self._engine is None:
             raise ReplicaNotStarted(f"replica {self.replica_id} has no engine")
@@ -190,7 +207,7 @@ class ReplicaActor:
         finally:
             self._load.release(request.request_id)
 
-    async def _import_params(self, handle: KVHandle | None) -> dict[str, Any] | None:
+    async def _import_params(self, handle: KVHandle | None, on_failure: TransferFailurePolicy) -> dict[str, Any] | None:
         if handle is None:
             return None
         if handle.medium == MediumKind.NIXL:
@@ -200,7 +217,7 @@ class ReplicaActor:
             path = await asyncio.to_thread(self._mediums[handle.medium].fetch, handle)
         except TransferError as exc:
             self._record(handle.medium, "fetch", 0, started, error=str(exc))
-            if self.spec.on_transfer_failure == TransferFailurePolicy.FAIL:
+            if on_failure == TransferFailurePolicy.FAIL:
                 raise KVTransferFailed(f"KV transfer over {handle.medium.value} failed: {exc}") from exc
             return None
         self._record(handle.medium, "fetch", handle.num_bytes, started)

@@ -43,6 +43,8 @@ class KVTransferSettings(_Frozen):
     shm_dir: str = "/dev/shm/tide"
     disk_dir: str = "/tmp/tide-kv"
     on_failure: TransferFailurePolicy = TransferFailurePolicy.RECOMPUTE
+    fetch_timeout_s: float = Field(30.0, gt=0, description="a KV transfer slower than this has failed")
+    staged_ttl_s: float = Field(120.0, gt=0, description="staged KV never fetched is deleted after this")
 
 
 class PoolConfig(_Frozen):
@@ -105,6 +107,7 @@ class ClusterConfig(_Frozen):
             max_num_batched_tokens=e.max_num_batched_tokens, enable_prefix_caching=e.enable_prefix_caching,
             enforce_eager=e.enforce_eager, seed=e.seed, medium=self.kv.medium, shm_dir=f"{self.kv.shm_dir}/{self.name}",
             disk_dir=f"{self.kv.disk_dir}/{self.name}", on_transfer_failure=self.kv.on_failure,
+            kv_fetch_timeout_s=self.kv.fetch_timeout_s, staged_kv_ttl_s=self.kv.staged_ttl_s,
             cpu_threads_bind=e.cpu_threads_bind,
         )
 

@@ -74,12 +74,13 @@ class TokenClient:
         return ReplicaHandle(replica_id, table.actors[replica_id])
 
     async def generate(self, request: TokenRequest, medium: MediumKind | None = None) -> AsyncIterator[TokenDelta]:
-        if not self.disaggregated:
-            replica = self.choose(Role.COLOCATED, len(request.prompt_token_ids))
-            async for delta in replica.stream(request):
-                yield delta
-            return
-        async for delta in self.generate_disaggregated(request, medium):
+        stream = self.generate_disaggregated(request, medium) if self.disaggregated else self.generate_colocated(request)
+        async for delta in stream:
+            yield delta
+
+    async def generate_colocated(self, request: TokenRequest) -> AsyncIterator[TokenDelta]:
+        replica = self.choose(Role.COLOCATED, len(request.prompt_token_ids))
+        async for delta in replica.stream(request):
             yield delta
 
     async def generate_disaggregated(

@@ -6,7 +6,7 @@ staged KV file (see `layout.py`). What crosses replicas is that file, carried by
 medium (`medium.py`); the connector itself only stages and loads.
 
 Requests opt in through `kv_transfer_params`:
-- `{"tide_export": {}}` on the exporting engine: when the request's prompt has been
+- `{"tide_export": {"dir", "owner"}}` on the exporting engine (both optional): when the request's prompt has been
   computed, its full blocks are written to a staged file, and the request's output carries
   `kv_transfer_params={"tide_staged": {"path", "num_tokens", "num_blocks"}}`.
 - `{"tide_import": {"path", "num_tokens"}}` on the importing engine: the staged blocks are

@@ -6,15 +6,13 @@ scheduler outputs and the KV cache manager's block tables.
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vllm.logger import init_logger
 
-from actors.kv.layout import StagedKVError, read_header
+from actors.kv.layout import StagedKVError, read_header, staged_kv_path
 from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM, ExportSpec, ImportSpec
 
 if TYPE_CHECKING:
@@ -46,16 +44,18 @@ class TideConnectorScheduler:
         self._staging_dir = Path(staging_dir)
         self._staging_dir.mkdir(parents=True, exist_ok=True)
         self._block_size = block_size
-        self._export_requests: dict[str, tuple[Request, Path]] = {}
+        self._export_requests: dict[str, tuple[Request, Path, str]] = {}
         self._pending_imports: dict[str, _PendingImport] = {}
         self._staged_exports: dict[str, _StagedExport] = {}
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> int:
         params = request.kv_transfer_params or {}
         if EXPORT_PARAM in params:
-            export_dir = Path(params[EXPORT_PARAM].get("dir") or self._staging_dir)
+            export = params[EXPORT_PARAM]
+            export_dir = Path(export.get("dir") or self._staging_dir)
             export_dir.mkdir(parents=True, exist_ok=True)
-            self._export_requests[request.request_id] = (request, export_dir)
+            owner = export.get("owner") or "engine"
+            self._export_requests[request.request_id] = (request, export_dir, owner)
         spec = params.get(IMPORT_PARAM)
         if not spec:
             return 0
@@ -107,7 +107,7 @@ class TideConnectorScheduler:
         kv_cache_manager: KVCacheManager,
     ) -> list[ExportSpec]:
         exports = []
-        for req_id, (request, export_dir) in list(self._export_requests.items()):
+        for req_id, (request, export_dir, owner) in list(self._export_requests.items()):
             if req_id not in computed_before_step:
                 continue
             num_prompt = len(request.prompt_token_ids or [])
@@ -119,7 +119,7 @@ class TideConnectorScheduler:
             if num_blocks == 0:
                 continue  # nothing worth moving: the importer recomputes a sub-block prompt
             block_ids = list(kv_cache_manager.get_block_ids(req_id)[0][:num_blocks])
-            path = str(export_dir / f"{os.getpid()}-{uuid.uuid4().hex}.kv")
+            path = str(staged_kv_path(export_dir, owner))
             num_tokens = num_blocks * self._block_size
             exports.append(ExportSpec(request_id=req_id, path=path, block_ids=block_ids, num_tokens=num_tokens))
             self._staged_exports[req_id] = _StagedExport(path, num_tokens, num_blocks)

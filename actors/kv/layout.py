@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,24 @@ import torch
 MAGIC = "TIDEKV1"
 HEADER_BYTES = 4096
 _ALIGN = 4096
+
+
+def staged_kv_path(directory: Path, owner: str) -> Path:
+    """A new staged file name; `owner` (a replica id) lets the owner sweep what it left."""
+    return directory / f"{owner}-{uuid.uuid4().hex}.kv"
+
+
+def sweep_staged_kv(directory: Path, owner: str, older_than_s: float, now_s: float) -> int:
+    """Deletes `owner`'s staged files older than `older_than_s`; returns how many."""
+    removed = 0
+    for path in directory.glob(f"{owner}-*.kv*"):
+        try:
+            if now_s - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 class StagedKVError(Exception):

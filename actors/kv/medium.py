@@ -16,9 +16,7 @@ calls, so every medium reports the same figures.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
@@ -70,15 +68,12 @@ def validated_size(path: Path) -> int:
         raise TransferError(str(exc)) from exc
 
 
-def new_staging_path(staging_dir: Path) -> Path:
-    return staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.kv"
-
-
 class TransferMedium(ABC):
     kind: MediumKind
 
-    def __init__(self, staging_dir: Path, replica_id: str, node_id: str):
+    def __init__(self, staging_dir: Path, replica_id: str, node_id: str, fetch_timeout_s: float = 30.0):
         self.staging_dir = staging_dir
+        self.fetch_timeout_s = fetch_timeout_s
         self.replica_id = replica_id
         self.node_id = node_id
         staging_dir.mkdir(parents=True, exist_ok=True)

@@ -15,20 +15,19 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
+from actors.kv.layout import staged_kv_path
 from actors.kv.medium import (
     KVHandle,
     MediumKind,
     StagedExport,
     TransferError,
     TransferMedium,
-    new_staging_path,
     validated_size,
 )
 
 
 class RayObjectStoreMedium(TransferMedium):
     kind = MediumKind.RAY
-    fetch_timeout_s: float = 30.0
 
     def publish(self, staged: StagedExport) -> KVHandle:
         path = Path(staged.path)
@@ -43,7 +42,7 @@ class RayObjectStoreMedium(TransferMedium):
             payload = ray.get(handle.object_ref, timeout=self.fetch_timeout_s)
         except (RayError, GetTimeoutError) as exc:
             raise TransferError(f"KV object from replica {handle.source_replica} is unavailable: {exc}") from exc
-        path = new_staging_path(self.staging_dir)
+        path = staged_kv_path(self.staging_dir, self.replica_id)
         tmp_path = path.with_name(path.name + ".partial")
         with open(tmp_path, "wb") as f:
             f.write(memoryview(payload))

@@ -15,7 +15,9 @@ MEDIUMS: dict[MediumKind, type[TransferMedium]] = {
 }
 
 
-def make_medium(kind: MediumKind, staging_dir: Path, replica_id: str, node_id: str) -> TransferMedium:
+def make_medium(
+    kind: MediumKind, staging_dir: Path, replica_id: str, node_id: str, fetch_timeout_s: float
+) -> TransferMedium:
     if kind not in MEDIUMS:
         raise ValueError(f"medium {kind.value!r} moves KV inside vLLM's own connector, not through Tide")
-    return MEDIUMS[kind](staging_dir, replica_id, node_id)
+    return MEDIUMS[kind](staging_dir, replica_id, node_id, fetch_timeout_s)
