@@ -12,6 +12,7 @@ name, so a controller crash loses neither replicas nor requests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -84,6 +85,7 @@ class ControllerActor:
         return self._snapshot
 
     async def routing_table(self) -> RoutingTable:
+        await self._resume_after_restart()
         return RoutingTable(
             snapshot=self._snapshot,
             actors={rid: m.handle.actor for rid, m in self._replicas.items() if m.info is not None},
@@ -91,6 +93,7 @@ class ControllerActor:
         )
 
     async def snapshot(self) -> ClusterSnapshot:
+        await self._resume_after_restart()
         return self._snapshot
 
     async def events(self, since_s: float = 0.0) -> list[ControllerEvent]:
@@ -104,6 +107,12 @@ class ControllerActor:
             task.cancel()
         await asyncio.gather(*(m.handle.shutdown() for m in self._replicas.values()), return_exceptions=True)
         self._replicas.clear()
+
+    async def _resume_after_restart(self) -> None:
+        """Ray re-runs the constructor of a crashed controller; the first call that reaches
+        the new instance (the front door polls every fraction of a second) resumes the loop."""
+        if self._loop is None and ray.get_runtime_context().was_current_actor_reconstructed:
+            await self.start(wait_ready=False)
 
     # ---- the loop ----
     async def _run_loop(self) -> None:
@@ -154,7 +163,7 @@ class ControllerActor:
         role = self.config.pool(managed.pool).role
         if managed.dead_reason is not None:
             base = managed.last or ReplicaSnapshot(replica_id, managed.pool, role, Health.DEAD)
-            return ReplicaSnapshot(**{**base.__dict__, "health": Health.DEAD})
+            return dataclasses.replace(base, health=Health.DEAD, health_reason=managed.dead_reason)
         if managed.last is None:
             return ReplicaSnapshot(replica_id, managed.pool, role, Health.STARTING)
         return managed.last

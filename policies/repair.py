@@ -26,7 +26,7 @@ def decide_repairs(snapshot: ClusterSnapshot, in_flight: InFlight) -> list[Actio
         dead = [r for r in pool.replicas if r.health == Health.DEAD]
         for replica in dead:
             if replica.replica_id not in in_flight.replacing:
-                actions.append(ReplaceReplica(replica.replica_id, pool.name, reason="dead"))
+                actions.append(ReplaceReplica(replica.replica_id, pool.name, reason=replica.health_reason or "dead"))
         alive = [r for r in pool.replicas if r.health != Health.DEAD]
         # Replacements keep the count; what is missing beyond them is started fresh.
         num_present = len(alive) + len(dead) + in_flight.starting(pool.name)

@@ -30,6 +30,8 @@ class ReplicaSnapshot:
     pool: str
     role: Role
     health: Health
+    # Why the replica is in that state (for DEAD: actor_died, engine_dead, unresponsive).
+    health_reason: str = ""
     num_running: int = 0
     num_waiting: int = 0
     num_total_blocks: int = 0

@@ -22,6 +22,11 @@ TEST_ENGINE = EngineConfig(
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that kill or drain shared replicas run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     return resolve_model("tiny")

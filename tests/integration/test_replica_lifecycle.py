@@ -1,0 +1,162 @@
+"""Replica stats, abort, drain and health; death detection and replacement; a controller
+crash that loses nothing. Runs after the oracle tests (it kills replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+import pytest
+import ray
+
+from orchestrator.token_client import TokenClient
+from policies.routing import LoadAwareRouter
+from policies.snapshot import ClusterSnapshot, Health, Role
+from tests.integration.helpers import collect, greedy_request, prompt_of
+
+pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
+
+
+async def _serving_ids(controller, pool: str) -> list[str]:
+    snapshot: ClusterSnapshot = await controller.snapshot.remote()
+    return [r.replica_id for p in snapshot.pools if p.name == pool for r in p.serving]
+
+
+async def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def test_stats_report_running_requests_and_kv_blocks(client, controller):
+    replica = client.choose(Role.COLOCATED, 600)
+    requests = [greedy_request(prompt_of(600, seed=900 + i), max_tokens=200) for i in range(4)]
+    streams = [asyncio.create_task(collect(replica.stream(r))) for r in requests]
+
+    async def busy():
+        stats = await replica.stats(5.0)
+        return stats if stats.num_running + stats.num_waiting >= 2 and stats.num_free_blocks < stats.num_total_blocks else None
+
+    stats = await _wait_for(busy, 60, "the replica to report its running batch")
+    assert stats.health == Health.HEALTHY
+    assert stats.kv_usage_frac > 0
+    await asyncio.gather(*streams)
+    idle = await replica.stats(5.0)
+    assert idle.num_running == 0 and idle.num_head_waiting_blocks == 0
+
+
+async def test_abort_stops_generation(client):
+    replica = client.choose(Role.COLOCATED, 50)
+    request = greedy_request(prompt_of(50, seed=910), max_tokens=1500)
+    tokens: list[int] = []
+    deltas = []
+
+    async def consume():
+        async for delta in replica.stream(request):
+            tokens.extend(delta.token_ids)
+            deltas.append(delta)
+            if len(tokens) >= 5 and len(deltas) == 5:
+                await replica.abort(request.request_id)
+
+    await asyncio.wait_for(consume(), 60)
+    assert deltas[-1].finish_reason == "abort"
+    assert len(tokens) < 1500
+
+
+async def test_disconnected_consumer_aborts_on_replica(client):
+    """A consumer that stops reading (a client disconnect) frees the replica."""
+    replica = client.choose(Role.COLOCATED, 50)
+    request = greedy_request(prompt_of(50, seed=911), max_tokens=1500)
+    stream = replica.stream(request)
+    async for _ in stream:
+        break
+    await stream.aclose()
+
+    async def idle():
+        stats = await replica.stats(5.0)
+        return stats.num_running == 0 and stats.num_waiting == 0
+
+    await _wait_for(idle, 30, "the abandoned request to be aborted")
+
+
+async def test_killed_replica_is_replaced(client, controller, oracle):
+    [old_id] = await _serving_ids(controller, "decode")
+    table = await controller.routing_table.remote()
+    ray.kill(table.actors[old_id])
+
+    async def replaced():
+        ids = await _serving_ids(controller, "decode")
+        return ids if ids and old_id not in ids else None
+
+    [new_id] = await _wait_for(replaced, 240, "a new decode replica")
+    events = await controller.events.remote()
+    assert any(e.kind == "replace" and e.replica == old_id and e.reason == "actor_died" for e in events), events
+
+    fresh = TokenClient(controller, LoadAwareRouter(), 32)
+    await fresh.start()
+    prompt = prompt_of(130, seed=920)
+    tokens, _ = await collect(fresh.generate_disaggregated(greedy_request(prompt)))
+    assert tokens == await oracle.greedy.remote(prompt, 24)
+    await fresh.close()
+
+
+async def test_engine_death_is_detected_and_not_hung_on(client, controller):
+    """Killing a replica's engine process ends its in-flight stream with an error (no hang),
+    the replica reports itself dead and the controller replaces it."""
+    [old_id] = await _serving_ids(controller, "colocated")
+    table = await controller.routing_table.remote()
+    replica = client.choose(Role.COLOCATED, 50)
+    stream = asyncio.create_task(collect(replica.stream(greedy_request(prompt_of(50, seed=930), max_tokens=1500))))
+    await asyncio.sleep(1.0)
+    for child in psutil.Process(table.infos[old_id].pid).children(recursive=True):
+        child.kill()
+    with pytest.raises(ray.exceptions.RayTaskError):
+        await asyncio.wait_for(stream, 60)
+
+    async def replaced():
+        ids = await _serving_ids(controller, "colocated")
+        return ids if ids and old_id not in ids else None
+
+    await _wait_for(replaced, 240, "a new colocated replica")
+    events = await controller.events.remote()
+    assert any(e.kind == "replace" and e.replica == old_id and e.reason == "engine_dead" for e in events), events
+
+
+async def test_controller_crash_loses_no_replica(client, controller, oracle):
+    """The data path keeps serving while the controller is down; the restarted controller
+    adopts the running replicas instead of starting new ones."""
+    before = await controller.routing_table.remote()
+    ray.kill(controller, no_restart=False)
+    prompt = prompt_of(90, seed=940)
+    tokens, _ = await collect(client.generate_disaggregated(greedy_request(prompt)))
+    assert tokens == await oracle.greedy.remote(prompt, 24)
+
+    async def back():
+        try:
+            snapshot = await asyncio.wait_for(controller.snapshot.remote(), 5)
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            return None
+        ready = snapshot.pools and all(len(p.serving) >= p.target_size for p in snapshot.pools)
+        return snapshot if ready else None
+
+    await _wait_for(back, 120, "the restarted controller to adopt the replicas")
+    after = await controller.routing_table.remote()
+    assert sorted(after.actors) == sorted(before.actors)
+    events = await controller.events.remote()
+    assert {e.replica for e in events if e.kind == "adopt"} == set(before.actors)
+
+
+async def test_drain_stops_routing_to_replica(controller):
+    snapshot = await controller.snapshot.remote()
+    table = await controller.routing_table.remote()
+    [prefill_id] = [r.replica_id for r in snapshot.serving(Role.PREFILL)]
+    remaining = await table.actors[prefill_id].drain.remote(5.0)
+    assert remaining == 0
+    stats = await table.actors[prefill_id].stats.remote()
+    assert stats.health == Health.DRAINING
+    assert not stats.accepts_requests
