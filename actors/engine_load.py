@@ -11,6 +11,8 @@ from vllm.config import VllmConfig
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
+from actors.kv.connector_stats import empty_totals
+
 
 @dataclass
 class _Admitted:
@@ -32,6 +34,8 @@ class EngineLoad:
         self._step_times_s: deque[float] = deque(maxlen=step_window)
         self._last_step_at_s: float | None = None
         self._admitted: dict[str, _Admitted] = {}
+        # Cumulative KV connector copy statistics (exports/imports, bytes, seconds).
+        self.connector_totals: dict[str, float] = empty_totals()
 
     def admit(self, request_id: str, num_prompt_tokens: int, num_cached_tokens: int = 0) -> None:
         to_compute = max(0, num_prompt_tokens - num_cached_tokens)
@@ -62,6 +66,9 @@ class EngineLoad:
             self.num_running = scheduler_stats.num_running_reqs
             self.num_waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
             self.kv_usage_frac = scheduler_stats.kv_cache_usage
+            for key, value in (scheduler_stats.kv_connector_stats or {}).items():
+                if key in self.connector_totals:
+                    self.connector_totals[key] += value
         if self._last_step_at_s is not None and self.num_running > 0:
             self._step_times_s.append(now_s - self._last_step_at_s)
         self._last_step_at_s = now_s

@@ -109,6 +109,10 @@ class ReplicaActor:
             observed_at_s=time.time(),
         )
 
+    def connector_totals(self) -> dict[str, float]:
+        """Cumulative copies between the engine's cache and staged KV (see connector_stats)."""
+        return dict(self._load.connector_totals)
+
     def take_transfer_records(self) -> list[TransferRecord]:
         records = list(self._transfers)
         self._transfers.clear()
@@ -137,7 +141,7 @@ class ReplicaActor:
         assert first is not None
         if first.finish_reason == "length" and (request.sampling.max_tokens or 0) > 1:
             # Only the prefill's own one-token budget ran out; the request goes on.
-            first = replace(first, finish_reason=None, stop_reason=None, timings=None)
+            first = replace(first, finish_reason=None, stop_reason=None)
         return PrefillResult(first=first, kv_handle=self._publish(kind, staged))
 
     async def abort(self, request_id: str) -> None:

@@ -36,7 +36,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
+
 from actors.kv.connector_scheduler import TideConnectorScheduler
+from actors.kv.connector_stats import TideConnectorStats
 from actors.kv.connector_worker import TideConnectorWorker
 from actors.kv.specs import ExportSpec, ImportSpec
 
@@ -88,6 +91,13 @@ class TideKVConnector(KVConnectorBase_V1):
         metadata = self._get_connector_metadata()
         assert isinstance(metadata, TideConnectorMetadata)
         self._worker.save(metadata.exports)
+
+    def get_kv_connector_stats(self) -> KVConnectorStats | None:
+        return self._worker.take_stats() if self._worker is not None else None
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> KVConnectorStats | None:
+        return TideConnectorStats(data=dict(data)) if data is not None else TideConnectorStats()
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         assert self._worker is not None

@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import time
+
 import torch
 from vllm.logger import init_logger
 
+from actors.kv.connector_stats import TideConnectorStats
 from actors.kv.layout import StagedKVError, load_staged_kv, plan_layout, write_staged_kv
 from actors.kv.specs import ExportSpec, ImportSpec
 
@@ -34,6 +37,7 @@ class TideConnectorWorker:
         self._kv_caches: dict[str, torch.Tensor] = {}
         self._block_dim = 0
         self._failed_block_ids: set[int] = set()
+        self._stats = TideConnectorStats()
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         # Layers that share one cache tensor are stored once.
@@ -49,22 +53,38 @@ class TideConnectorWorker:
             header = plan_layout(
                 self._kv_caches, self._block_dim, self._block_size, len(spec.block_ids), spec.num_tokens
             )
+            started = time.perf_counter()
             try:
-                write_staged_kv(Path(spec.path), self._kv_caches, spec.block_ids, header)
+                num_bytes = write_staged_kv(Path(spec.path), self._kv_caches, spec.block_ids, header)
             except OSError as exc:
                 # The importer sees no file and computes instead; nothing waits on it.
                 logger.error("request %s: staging KV to %s failed: %s", spec.request_id, spec.path, exc)
+                continue
+            self._stats.add("num_exports", 1)
+            self._stats.add("export_bytes", num_bytes)
+            self._stats.add("export_s", time.perf_counter() - started)
 
     def load(self, imports: list[ImportSpec]) -> None:
         for spec in imports:
+            started = time.perf_counter()
             try:
-                load_staged_kv(Path(spec.path), self._kv_caches, spec.src_block_start, spec.dst_block_ids)
+                num_bytes = load_staged_kv(Path(spec.path), self._kv_caches, spec.src_block_start, spec.dst_block_ids)
             except (StagedKVError, OSError, RuntimeError) as exc:
                 logger.error("request %s: loading staged KV failed: %s", spec.request_id, exc)
                 self._failed_block_ids.update(spec.dst_block_ids)
+                self._stats.add("num_import_failures", 1)
                 continue
+            self._stats.add("num_imports", 1)
+            self._stats.add("import_bytes", num_bytes)
+            self._stats.add("import_s", time.perf_counter() - started)
             # A staged file is consumed once: the importer owns it from here.
             Path(spec.path).unlink(missing_ok=True)
+
+    def take_stats(self) -> TideConnectorStats | None:
+        if self._stats.is_empty():
+            return None
+        stats, self._stats = self._stats, TideConnectorStats()
+        return stats
 
     def take_failed_block_ids(self) -> set[int]:
         failed, self._failed_block_ids = self._failed_block_ids, set()

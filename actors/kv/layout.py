@@ -161,9 +161,10 @@ def load_staged_kv(
     kv_caches: dict[str, torch.Tensor],
     src_block_start: int,
     dst_block_ids: list[int],
-) -> None:
+) -> int:
     """Copies staged blocks [src_block_start, src_block_start + len(dst_block_ids)) of
-    every layer in `kv_caches` into the engine's blocks `dst_block_ids`."""
+    every layer in `kv_caches` into the engine's blocks `dst_block_ids`; returns the bytes
+    copied."""
     header = read_header(path)
     if src_block_start + len(dst_block_ids) > header.num_blocks:
         raise StagedKVError(
@@ -173,9 +174,12 @@ def load_staged_kv(
     dtype = _torch_dtype(header.dtype)
     mapped = torch.from_file(str(path), shared=False, size=header.total_bytes, dtype=torch.uint8)
     index = torch.tensor(dst_block_ids, dtype=torch.long)
+    num_bytes = 0
     for name, cache in kv_caches.items():
         chunk = header.layer(name)
         if cache.dtype != dtype or _chunk_shape(cache, header.block_dim, header.num_blocks) != chunk.shape:
             raise StagedKVError(f"staged KV layer {name!r} does not match this engine's cache")
         src = _chunk_view(mapped, chunk, dtype).narrow(header.block_dim, src_block_start, len(dst_block_ids))
         cache.index_copy_(header.block_dim, index, src)
+        num_bytes += src.numel() * src.element_size()
+    return num_bytes

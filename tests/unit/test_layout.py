@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from actors.kv.connector_worker import find_block_dim
+from actors.kv.layout import StagedKVError, load_staged_kv, plan_layout, read_header, write_staged_kv
+
+NUM_BLOCKS = 16
+
+
+def caches(block_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    # CPU layout [blocks, heads, block_size, 2*head] or K/V-first [2, blocks, block_size, heads, head].
+    shape = (NUM_BLOCKS, 2, 32, 64) if block_dim == 0 else (2, NUM_BLOCKS, 32, 2, 32)
+    return {f"model.layers.{i}.self_attn.attn": torch.randn(*shape, generator=generator) for i in range(3)}
+
+
+@pytest.mark.parametrize("block_dim", [0, 1])
+def test_round_trip_moves_exactly_the_chosen_blocks(tmp_path, block_dim):
+    src, dst = caches(block_dim, seed=1), caches(block_dim, seed=2)
+    assert find_block_dim(next(iter(src.values())), NUM_BLOCKS) == block_dim
+    header = plan_layout(src, block_dim, block_size=32, num_blocks=3, num_tokens=96)
+    path = tmp_path / "r.kv"
+    write_staged_kv(path, src, [5, 9, 2], header)
+    before = {k: v.clone() for k, v in dst.items()}
+    load_staged_kv(path, dst, src_block_start=0, dst_block_ids=[0, 1, 7])
+    for name in src:
+        for s, d in ((5, 0), (9, 1), (2, 7)):
+            assert torch.equal(src[name].select(block_dim, s), dst[name].select(block_dim, d))
+        untouched = [b for b in range(NUM_BLOCKS) if b not in (0, 1, 7)]
+        idx = torch.tensor(untouched)
+        assert torch.equal(before[name].index_select(block_dim, idx), dst[name].index_select(block_dim, idx))
+
+
+def test_importer_can_take_a_subset_of_layers_and_blocks(tmp_path):
+    src, dst = caches(0, seed=3), caches(0, seed=4)
+    header = plan_layout(src, 0, 32, num_blocks=4, num_tokens=128)
+    path = tmp_path / "r.kv"
+    write_staged_kv(path, src, [1, 2, 3, 4], header)
+    one_layer = {"model.layers.1.self_attn.attn": dst["model.layers.1.self_attn.attn"]}
+    load_staged_kv(path, one_layer, src_block_start=2, dst_block_ids=[10, 11])
+    layer = "model.layers.1.self_attn.attn"
+    assert torch.equal(src[layer][3], dst[layer][10]) and torch.equal(src[layer][4], dst[layer][11])
+    assert not torch.equal(src["model.layers.0.self_attn.attn"][3], dst["model.layers.0.self_attn.attn"][10])
+
+
+def test_truncated_file_is_rejected(tmp_path):
+    src = caches(0)
+    header = plan_layout(src, 0, 32, num_blocks=2, num_tokens=64)
+    path = tmp_path / "r.kv"
+    write_staged_kv(path, src, [0, 1], header)
+    os.truncate(path, header.total_bytes - 1)
+    with pytest.raises(StagedKVError, match="truncated"):
+        read_header(path)
+
+
+def test_foreign_file_is_rejected(tmp_path):
+    path = tmp_path / "r.kv"
+    path.write_bytes(b"not kv" * 1000)
+    with pytest.raises(StagedKVError):
+        read_header(path)
+
+
+def test_mismatched_engine_is_rejected(tmp_path):
+    src = caches(0)
+    header = plan_layout(src, 0, 32, num_blocks=2, num_tokens=64)
+    path = tmp_path / "r.kv"
+    write_staged_kv(path, src, [0, 1], header)
+    other = {name: torch.zeros(NUM_BLOCKS, 4, 32, 64) for name in src}
+    with pytest.raises(StagedKVError, match="does not match"):
+        load_staged_kv(path, other, 0, [0, 1])
+
+
+def test_asking_for_more_blocks_than_staged_is_rejected(tmp_path):
+    src = caches(0)
+    header = plan_layout(src, 0, 32, num_blocks=2, num_tokens=64)
+    path = tmp_path / "r.kv"
+    write_staged_kv(path, src, [0, 1], header)
+    with pytest.raises(StagedKVError, match="holds 2 blocks"):
+        load_staged_kv(path, caches(0), 1, [0, 1])
+
+
+def test_no_partial_file_is_visible(tmp_path):
+    src = caches(0)
+    header = plan_layout(src, 0, 32, num_blocks=2, num_tokens=64)
+    write_staged_kv(tmp_path / "r.kv", src, [0, 1], header)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.kv"]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from policies.routing import (
+    LoadAwareRouter,
+    NoReplicaAvailable,
+    RequestDemand,
+    RoundRobinRouter,
+    RouterState,
+    decode_freeness,
+)
+from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
+
+DEMAND = RequestDemand(num_prompt_tokens=64, num_blocks=2)
+
+
+def replica(name: str, role: Role = Role.DECODE, health: Health = Health.HEALTHY, **load) -> ReplicaSnapshot:
+    return ReplicaSnapshot(ReplicaId(name), pool=role.value, role=role, health=health, num_total_blocks=100, **load)
+
+
+def test_round_robin_cycles_over_healthy_replicas_in_id_order():
+    replicas = [replica("d-2"), replica("d-0"), replica("d-1", health=Health.DEAD)]
+    router, state, chosen = RoundRobinRouter(), RouterState(), []
+    for _ in range(4):
+        replica_id, state = router.choose(replicas, Role.DECODE, DEMAND, state)
+        chosen.append(replica_id)
+    assert chosen == ["d-0", "d-2", "d-0", "d-2"]
+
+
+def test_round_robin_keeps_a_cursor_per_role():
+    state = RouterState().advanced(Role.PREFILL)
+    assert state.cursor(Role.PREFILL) == 1 and state.cursor(Role.DECODE) == 0
+
+
+def test_no_healthy_replica_is_a_clear_error():
+    with pytest.raises(NoReplicaAvailable, match="no healthy decode replica"):
+        LoadAwareRouter().choose([replica("d-0", health=Health.DRAINING)], Role.DECODE, DEMAND, RouterState())
+
+
+def test_decode_prefers_the_freest_replica():
+    busy = replica("d-0", num_free_blocks=50, num_running=10)
+    free = replica("d-1", num_free_blocks=40, num_running=1)
+    replica_id, _ = LoadAwareRouter().choose([busy, free], Role.DECODE, DEMAND, RouterState())
+    assert replica_id == "d-1"
+
+
+def test_decode_freeness_counts_the_head_of_line_waiting_request():
+    queued = replica("d-0", num_free_blocks=60, num_running=1, num_waiting=1, num_head_waiting_blocks=55)
+    idle = replica("d-1", num_free_blocks=30, num_running=1)
+    assert decode_freeness(queued, DEMAND) < decode_freeness(idle, DEMAND)
+    replica_id, _ = LoadAwareRouter().choose([queued, idle], Role.DECODE, DEMAND, RouterState())
+    assert replica_id == "d-1"
+
+
+def test_prefill_prefers_least_queued_prompt_tokens_ties_by_id():
+    replicas = [
+        replica("p-1", Role.PREFILL, num_queued_prompt_tokens=100),
+        replica("p-0", Role.PREFILL, num_queued_prompt_tokens=100),
+        replica("p-2", Role.PREFILL, num_queued_prompt_tokens=900),
+    ]
+    replica_id, _ = LoadAwareRouter().choose(replicas, Role.PREFILL, DEMAND, RouterState())
+    assert replica_id == "p-0"
+
+
+def test_decode_ties_go_to_lowest_id():
+    replicas = [replica("d-1", num_free_blocks=10), replica("d-0", num_free_blocks=10)]
+    replica_id, _ = LoadAwareRouter().choose(replicas, Role.DECODE, DEMAND, RouterState())
+    assert replica_id == "d-0"
