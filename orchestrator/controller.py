@@ -23,7 +23,7 @@ from ray.actor import ActorHandle
 
 from actors.messages import ReplicaInfo
 from orchestrator.config import ClusterConfig
-from orchestrator.events import ControllerEvent
+from orchestrator.events import ActionKind, ControllerEvent
 from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
 from policies.repair import InFlight, decide_repairs
@@ -206,9 +206,9 @@ class ControllerActor:
         except Exception as exc:  # noqa: BLE001 - any start failure is recorded and retried
             self._replicas.pop(replica_id, None)
             handle.kill()
-            self._record("scale", reason, replica_id, pool_name, started, outcome=f"failed: {exc}")
+            self._record(ActionKind.SCALE, reason, replica_id, pool_name, started, outcome=f"failed: {exc}")
             return None
-        self._record("scale", reason, replica_id, pool_name, started)
+        self._record(ActionKind.SCALE, reason, replica_id, pool_name, started)
         return replica_id
 
     async def _replace_replica(self, action: ReplaceReplica) -> None:
@@ -218,7 +218,7 @@ class ControllerActor:
             old.handle.kill()
         new_id = await self._start_replica(action.pool, reason=f"replace:{action.reason}")
         outcome = "ok" if new_id else "failed"
-        self._record("replace", action.reason, action.replica_id, action.pool, started, outcome=outcome)
+        self._record(ActionKind.REPLACE, action.reason, action.replica_id, action.pool, started, outcome=outcome)
 
     async def _remove_replica(self, action: RemoveReplica) -> None:
         started = time.perf_counter()
@@ -228,9 +228,9 @@ class ControllerActor:
         await managed.handle.drain(self.config.controller.start_timeout_s)
         await managed.handle.shutdown()
         self._replicas.pop(action.replica_id, None)
-        self._record("scale", action.reason, action.replica_id, action.pool, started)
+        self._record(ActionKind.SCALE, action.reason, action.replica_id, action.pool, started)
 
-    def _record(self, kind: str, reason: str, replica_id: str, pool: str, started: float, outcome: str = "ok") -> None:
+    def _record(self, kind: ActionKind, reason: str, replica_id: str, pool: str, started: float, outcome: str = "ok") -> None:
         event = ControllerEvent(
             kind=kind, reason=reason, replica=replica_id, pool=pool, outcome=outcome,
             duration_s=time.perf_counter() - started, at_s=time.time(),
@@ -254,7 +254,7 @@ class ControllerActor:
             self._replicas[replica_id] = _Managed(handle=handle, pool=info.pool, info=info, last_ok_at_s=time.time())
             index = int(replica_id.rsplit("-", 1)[-1])
             self._next_index[info.pool] = max(self._next_index[info.pool], index + 1)
-            self._record("adopt", "controller_start", replica_id, info.pool, time.perf_counter())
+            self._record(ActionKind.ADOPT, "controller_start", replica_id, info.pool, time.perf_counter())
 
     # ---- status ----
     def _pools_ready(self) -> bool:

@@ -4,11 +4,18 @@ and how it ended (contract 6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
+
+
+class ActionKind(str, Enum):
+    SCALE = "scale"
+    REPLACE = "replace"
+    ADOPT = "adopt"
 
 
 @dataclass(frozen=True)
 class ControllerEvent:
-    kind: str
+    kind: ActionKind
     reason: str
     replica: str
     pool: str
