@@ -133,7 +133,10 @@ class ReplicaActor:
         sampling = self._delta_sampling(request.sampling)
         sampling.max_tokens = 1
         sampling.min_tokens = min(sampling.min_tokens, 1)
-        export = {"do_remote_decode": True} if kind == MediumKind.NIXL else {EXPORT_PARAM: {"dir": str(self.spec.staging_dir_for(kind)), "owner": self.replica_id}}
+        export = {"do_remote_decode": True} if kind == MediumKind.NIXL else {EXPORT_PARAM: {
+            "dir": str(self.spec.staging_dir_for(kind)), "owner": self.replica_id,
+            "direct": kind == MediumKind.SHARED_MEMORY,
+        }}
         first: TokenDelta | None = None
         staged: dict[str, Any] | None = None
         async for delta, output in self._run_outputs(request, sampling, export):
@@ -221,6 +224,7 @@ class ReplicaActor:
             path = await asyncio.to_thread(self._mediums[handle.medium].fetch, handle)
         except TransferError as exc:
             self._record(handle.medium, "fetch", 0, started, error=str(exc))
+            self._mediums[handle.medium].discard(handle)
             if on_failure == TransferFailurePolicy.FAIL:
                 raise KVTransferFailed(f"KV transfer over {handle.medium.value} failed: {exc}") from exc
             return None

@@ -2,9 +2,10 @@
 
 Two Ray actors stand in for a source and a destination replica, each with a paged
 "KV cache" tensor in the CPU layout vLLM uses ([blocks, kv_heads, block_size, 2*head]).
-One transfer = the source copies a request's blocks into a staged file (the connector's
-export) and publishes it on the medium; the destination fetches it and copies the blocks
-into its own cache (the connector's import). Bandwidth = payload bytes / that whole time.
+One transfer = the source exports a request's blocks (shm: a descriptor of the blocks in
+its memory; ray and disk: a staged file with a copy of them) and publishes it on the
+medium; the destination fetches it and copies the blocks into its own cache (shm: one
+cross-memory read straight from the source process). Bandwidth = payload bytes / that whole time.
 The baseline is one single-threaded `torch` copy of the same number of bytes in one
 process, measured in the same run.
 
@@ -23,7 +24,14 @@ from pathlib import Path
 import ray
 import torch
 
-from actors.kv.layout import load_staged_kv, plan_layout, staged_kv_path, write_staged_kv
+from actors.kv.layout import (
+    load_staged_kv,
+    plan_layout,
+    release_staged_kv,
+    staged_kv_path,
+    write_direct_kv,
+    write_staged_kv,
+)
 from actors.kv.medium import KVHandle, MediumKind, StagedExport
 from actors.kv.registry import make_medium
 
@@ -65,7 +73,9 @@ class Endpoint:
         caches = self.layers(num_layers)
         header = plan_layout(caches, 0, 32, num_blocks, num_blocks * 32)
         path = staged_kv_path(self.dirs[medium], self.name)
-        write_staged_kv(path, caches, list(range(num_blocks)), header)
+        # Shared memory moves blocks in place (one cross-memory copy), as replicas do.
+        write = write_direct_kv if medium == MediumKind.SHARED_MEMORY else write_staged_kv
+        write(path, caches, list(range(num_blocks)), header)
         handle = self.mediums[medium].publish(StagedExport(str(path), num_blocks * 32, num_blocks))
         return handle, time.perf_counter() - started
 
@@ -73,7 +83,7 @@ class Endpoint:
         started = time.perf_counter()
         path = self.mediums[handle.medium].fetch(handle)
         load_staged_kv(path, self.layers(num_layers), 0, list(range(handle.num_blocks)))
-        path.unlink()
+        release_staged_kv(path)
         return time.perf_counter() - started
 
 

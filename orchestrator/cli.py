@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from orchestrator import launcher
 
     config = _load_config(args.config)
+    if args.model:
+        config = config.model_copy(update={"engine": config.engine.model_copy(update={"model": args.model})})
     address = args.address
     started_ray = False
     if args.detach and address is None:
@@ -66,6 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"cluster {config.name!r} is up; `tide status` shows it, `tide down` stops it")
         return 0
     print("serving; Ctrl-C stops the cluster", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
@@ -74,6 +78,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         ray.get(controller.stop.remote())
         launcher.LaunchRecord.remove(config.name)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a cluster (local Ray unless --address)")
     up.add_argument("--config", help="cluster YAML (default: tiny model, 1 prefill + 1 decode, shm medium)")
+    up.add_argument("--model", help="Hugging Face model directory or built-in size (tiny, small); overrides the config")
     up.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--detach", action="store_true", help="return once ready; the cluster keeps running")
     up.set_defaults(func=cmd_up)

@@ -35,6 +35,7 @@ class _StagedExport:
     path: str
     num_tokens: int
     num_blocks: int
+    direct: bool
 
 
 class TideConnectorScheduler:
@@ -44,7 +45,7 @@ class TideConnectorScheduler:
         self._staging_dir = Path(staging_dir)
         self._staging_dir.mkdir(parents=True, exist_ok=True)
         self._block_size = block_size
-        self._export_requests: dict[str, tuple[Request, Path, str]] = {}
+        self._export_requests: dict[str, tuple[Request, Path, str, bool]] = {}
         self._pending_imports: dict[str, _PendingImport] = {}
         self._staged_exports: dict[str, _StagedExport] = {}
 
@@ -55,7 +56,7 @@ class TideConnectorScheduler:
             export_dir = Path(export.get("dir") or self._staging_dir)
             export_dir.mkdir(parents=True, exist_ok=True)
             owner = export.get("owner") or "engine"
-            self._export_requests[request.request_id] = (request, export_dir, owner)
+            self._export_requests[request.request_id] = (request, export_dir, owner, bool(export.get("direct")))
         spec = params.get(IMPORT_PARAM)
         if not spec:
             return 0
@@ -107,7 +108,7 @@ class TideConnectorScheduler:
         kv_cache_manager: KVCacheManager,
     ) -> list[ExportSpec]:
         exports = []
-        for req_id, (request, export_dir, owner) in list(self._export_requests.items()):
+        for req_id, (request, export_dir, owner, direct) in list(self._export_requests.items()):
             if req_id not in computed_before_step:
                 continue
             num_prompt = len(request.prompt_token_ids or [])
@@ -121,15 +122,18 @@ class TideConnectorScheduler:
             block_ids = list(kv_cache_manager.get_block_ids(req_id)[0][:num_blocks])
             path = str(staged_kv_path(export_dir, owner))
             num_tokens = num_blocks * self._block_size
-            exports.append(ExportSpec(request_id=req_id, path=path, block_ids=block_ids, num_tokens=num_tokens))
-            self._staged_exports[req_id] = _StagedExport(path, num_tokens, num_blocks)
+            exports.append(ExportSpec(req_id, path, block_ids, num_tokens, direct))
+            self._staged_exports[req_id] = _StagedExport(path, num_tokens, num_blocks, direct)
         return exports
 
-    def request_finished(self, request: Request) -> dict[str, Any] | None:
+    def request_finished(self, request: Request) -> tuple[bool, dict[str, Any] | None]:
+        """(hold the blocks, params for the request's output). A direct export holds its
+        blocks until the worker side reports the importer done (`get_finished`)."""
         req_id = request.request_id
         self._export_requests.pop(req_id, None)
         self._pending_imports.pop(req_id, None)
         staged = self._staged_exports.pop(req_id, None)
         if staged is None:
-            return None
-        return {STAGED_PARAM: {"path": staged.path, "num_tokens": staged.num_tokens, "num_blocks": staged.num_blocks}}
+            return False, None
+        params = {STAGED_PARAM: {"path": staged.path, "num_tokens": staged.num_tokens, "num_blocks": staged.num_blocks}}
+        return staged.direct, params

@@ -12,7 +12,15 @@ import torch
 from vllm.logger import init_logger
 
 from actors.kv.connector_stats import TideConnectorStats
-from actors.kv.layout import StagedKVError, load_staged_kv, plan_layout, write_staged_kv
+from actors.kv.cross_memory import allow_readers
+from actors.kv.layout import (
+    StagedKVError,
+    load_staged_kv,
+    plan_layout,
+    release_staged_kv,
+    write_direct_kv,
+    write_staged_kv,
+)
 from actors.kv.specs import ExportSpec, ImportSpec
 
 if TYPE_CHECKING:
@@ -38,6 +46,9 @@ class TideConnectorWorker:
         self._block_dim = 0
         self._failed_block_ids: set[int] = set()
         self._stats = TideConnectorStats()
+        # Direct exports whose blocks are held: request id -> lease file the importer deletes.
+        self._held: dict[str, Path] = {}
+        self._finished_held: set[str] = set()
 
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         # Layers that share one cache tensor are stored once.
@@ -47,6 +58,7 @@ class TideConnectorWorker:
                 seen.add(cache.data_ptr())
                 self._kv_caches[name] = cache
         self._block_dim = find_block_dim(next(iter(self._kv_caches.values())), self._num_blocks)
+        allow_readers()
 
     def save(self, exports: list[ExportSpec]) -> None:
         for spec in exports:
@@ -54,11 +66,17 @@ class TideConnectorWorker:
                 self._kv_caches, self._block_dim, self._block_size, len(spec.block_ids), spec.num_tokens
             )
             started = time.perf_counter()
+            direct = spec.direct and self._block_dim == 0
+            if spec.direct:
+                # Held until the importer is done; released at once if staging fails.
+                self._held[spec.request_id] = Path(spec.path + ".lease")
             try:
-                num_bytes = write_staged_kv(Path(spec.path), self._kv_caches, spec.block_ids, header)
+                write = write_direct_kv if direct else write_staged_kv
+                num_bytes = write(Path(spec.path), self._kv_caches, spec.block_ids, header)
             except OSError as exc:
                 # The importer sees no file and computes instead; nothing waits on it.
                 logger.error("request %s: staging KV to %s failed: %s", spec.request_id, spec.path, exc)
+                Path(spec.path + ".lease").unlink(missing_ok=True)
                 continue
             self._stats.add("num_exports", 1)
             self._stats.add("export_bytes", num_bytes)
@@ -74,11 +92,22 @@ class TideConnectorWorker:
                 self._failed_block_ids.update(spec.dst_block_ids)
                 self._stats.add("num_import_failures", 1)
                 continue
+            finally:
+                # A staged file is consumed once, loaded or not: the importer owns it.
+                release_staged_kv(Path(spec.path))
             self._stats.add("num_imports", 1)
             self._stats.add("import_bytes", num_bytes)
             self._stats.add("import_s", time.perf_counter() - started)
-            # A staged file is consumed once: the importer owns it from here.
-            Path(spec.path).unlink(missing_ok=True)
+
+    def finished_sending(self, finished_req_ids: set[str]) -> set[str] | None:
+        """Held direct exports whose request has finished and whose lease is gone (the
+        importer read the blocks, gave up, or the lease expired)."""
+        self._finished_held |= finished_req_ids & self._held.keys()
+        done = {r for r in self._finished_held if not self._held[r].exists()}
+        for req_id in done:
+            del self._held[req_id]
+        self._finished_held -= done
+        return done or None
 
     def take_stats(self) -> TideConnectorStats | None:
         if self._stats.is_empty():

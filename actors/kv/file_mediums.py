@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actors.kv.layout import release_staged_kv
 from actors.kv.medium import KVHandle, MediumKind, StagedExport, TransferError, TransferMedium, validated_size
 
 
 class SharedMemoryMedium(TransferMedium):
-    """Same node only: the exporter stages into /dev/shm and the importer maps the same file."""
+    """Same node only. The exporter writes a descriptor of its blocks into /dev/shm and
+    holds them; the importer copies them straight out of the exporter's memory (one copy)
+    and ends the lease. A staged file with the bytes themselves works the same way."""
 
     kind = MediumKind.SHARED_MEMORY
 
@@ -26,7 +29,7 @@ class SharedMemoryMedium(TransferMedium):
         return path
 
     def discard(self, handle: KVHandle) -> None:
-        Path(handle.path or "").unlink(missing_ok=True)
+        release_staged_kv(Path(handle.path or ""))
 
 
 class DiskMedium(SharedMemoryMedium):

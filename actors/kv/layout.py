@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 
+from actors.kv.cross_memory import CrossMemoryError, read_from_process
+
 MAGIC = "TIDEKV1"
+DIRECT_MAGIC = "TIDEKVD1"
 HEADER_BYTES = 4096
 _ALIGN = 4096
 
@@ -131,10 +134,47 @@ def write_staged_kv(
     return header.total_bytes
 
 
-def read_header(path: Path) -> StagedKVHeader:
+@dataclass(frozen=True)
+class DirectKV:
+    """A descriptor instead of bytes: where the exporter's blocks are in its own memory.
+    The importer copies them with one cross-memory read; the exporter holds the blocks
+    until the importer deletes `lease_path` (or the lease expires)."""
+
+    header: StagedKVHeader
+    source_pid: int
+    block_ids: tuple[int, ...]
+    layer_addresses: tuple[int, ...]
+    block_bytes: int
+    lease_path: str
+
+
+def write_direct_kv(path: Path, kv_caches: dict[str, torch.Tensor], block_ids: list[int], header: StagedKVHeader) -> int:
+    """Writes the descriptor of `block_ids` (block dimension 0) and its lease; no KV bytes move."""
+    first = next(iter(kv_caches.values()))
+    fields = {
+        "magic": DIRECT_MAGIC, "header": asdict(header), "source_pid": os.getpid(), "block_ids": list(block_ids),
+        "layer_addresses": [kv_caches[c.name].data_ptr() for c in header.layers],
+        "block_bytes": first.stride(0) * first.element_size(), "lease_path": str(path) + ".lease",
+    }
+    Path(fields["lease_path"]).touch()
+    tmp_path = path.with_name(path.name + ".partial")
+    tmp_path.write_text(json.dumps(fields))
+    os.replace(tmp_path, path)
+    return fields["block_bytes"] * len(block_ids) * len(header.layers)
+
+
+def _decode_header(fields: dict) -> StagedKVHeader:
+    layers = tuple(LayerChunk(c["name"], c["offset"], tuple(c["shape"])) for c in fields.pop("layers"))
+    return StagedKVHeader(layers=layers, **fields)
+
+
+def read_staged(path: Path) -> StagedKVHeader | DirectKV:
+    """The header of a staged file, or the descriptor of a direct export."""
     try:
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
+            if raw.startswith(b'{"magic": "' + DIRECT_MAGIC.encode()):
+                raw += f.read()
         size = os.path.getsize(path)
     except OSError as exc:
         raise StagedKVError(f"staged KV {path} is unreadable: {exc}") from exc
@@ -142,13 +182,28 @@ def read_header(path: Path) -> StagedKVHeader:
         fields = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StagedKVError(f"staged KV {path} has a corrupt header") from exc
-    if fields.pop("magic", None) != MAGIC:
+    magic = fields.pop("magic", None)
+    if magic == DIRECT_MAGIC:
+        header = _decode_header(fields.pop("header"))
+        return DirectKV(header=header, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    if magic != MAGIC:
         raise StagedKVError(f"{path} is not a staged KV file")
-    layers = tuple(LayerChunk(c["name"], c["offset"], tuple(c["shape"])) for c in fields.pop("layers"))
-    header = StagedKVHeader(layers=layers, **fields)
+    header = _decode_header(fields)
     if size < header.total_bytes:
         raise StagedKVError(f"staged KV {path} is truncated ({size} of {header.total_bytes} bytes)")
     return header
+
+
+def read_header(path: Path) -> StagedKVHeader:
+    staged = read_staged(path)
+    return staged.header if isinstance(staged, DirectKV) else staged
+
+
+def release_staged_kv(path: Path) -> None:
+    """The importer is done with `path` (loaded or given up): delete it, and end the lease
+    of a direct export so the exporter frees its blocks."""
+    path.unlink(missing_ok=True)
+    Path(str(path) + ".lease").unlink(missing_ok=True)
 
 
 def _chunk_view(mapped: torch.Tensor, chunk: LayerChunk, dtype: torch.dtype) -> torch.Tensor:
@@ -165,7 +220,10 @@ def load_staged_kv(
     """Copies staged blocks [src_block_start, src_block_start + len(dst_block_ids)) of
     every layer in `kv_caches` into the engine's blocks `dst_block_ids`; returns the bytes
     copied."""
-    header = read_header(path)
+    staged = read_staged(path)
+    if isinstance(staged, DirectKV):
+        return _load_direct(staged, kv_caches, src_block_start, dst_block_ids)
+    header = staged
     if src_block_start + len(dst_block_ids) > header.num_blocks:
         raise StagedKVError(
             f"staged KV holds {header.num_blocks} blocks, asked for "
@@ -183,3 +241,26 @@ def load_staged_kv(
         cache.index_copy_(header.block_dim, index, src)
         num_bytes += src.numel() * src.element_size()
     return num_bytes
+
+
+def _load_direct(direct: DirectKV, kv_caches: dict[str, torch.Tensor], src_block_start: int, dst_block_ids: list[int]) -> int:
+    header = direct.header
+    if src_block_start + len(dst_block_ids) > header.num_blocks:
+        raise StagedKVError(f"direct KV holds {header.num_blocks} blocks, asked for {src_block_start}+{len(dst_block_ids)}")
+    names = [c.name for c in header.layers]
+    copies = []
+    for name, cache in kv_caches.items():
+        chunk = header.layer(name)
+        block_bytes = cache.stride(0) * cache.element_size()
+        if str(cache.dtype) != header.dtype or block_bytes != direct.block_bytes or header.block_dim != 0 or (
+            _chunk_shape(cache, 0, header.num_blocks) != chunk.shape
+        ):
+            raise StagedKVError(f"direct KV layer {name!r} does not match this engine's cache")
+        source = direct.layer_addresses[names.index(name)]
+        for i, dst in enumerate(dst_block_ids):
+            src = direct.block_ids[src_block_start + i]
+            copies.append((cache.data_ptr() + dst * block_bytes, source + src * block_bytes, block_bytes))
+    try:
+        return read_from_process(direct.source_pid, copies)
+    except CrossMemoryError as exc:
+        raise StagedKVError(f"direct KV from pid {direct.source_pid} is unreadable: {exc}") from exc

@@ -16,6 +16,9 @@ class ExportSpec:
     path: str
     block_ids: list[int]
     num_tokens: int
+    # Write a descriptor and hold the blocks until the importer reads them in place
+    # (same node, one copy), instead of copying them into a staged file.
+    direct: bool = False
 
 
 @dataclass(frozen=True)

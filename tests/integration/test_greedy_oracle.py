@@ -4,11 +4,14 @@ return exactly the token ids of one plain vLLM engine."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import ray
 
+from actors.kv.layout import DirectKV, read_staged
 from actors.kv.medium import MediumKind
+from orchestrator.token_client import continuation
 from policies.snapshot import Role
 from tests.integration.helpers import MAX_TOKENS, collect, greedy_request, prompt_of
 
@@ -81,3 +84,32 @@ def test_oracle_comparison_can_fail(oracle):
     a = ray.get(oracle.greedy.remote(prompt_of(64, seed=1), MAX_TOKENS))
     b = ray.get(oracle.greedy.remote(prompt_of(64, seed=2), MAX_TOKENS))
     assert a != b
+
+
+async def test_shared_memory_reads_blocks_in_place_and_releases_them(client, oracle):
+    """Over shared memory the prefill replica publishes a descriptor of its blocks, holds
+    them until the decode replica has read them (one cross-memory copy), then frees them."""
+    prefill = client.choose(Role.PREFILL, 400)
+    decode = client.choose(Role.DECODE, 400)
+    prompt = prompt_of(400, seed=77)
+    request = greedy_request(prompt)
+    result = await prefill.prefill(request, MediumKind.SHARED_MEMORY)
+    staged = read_staged(Path(result.kv_handle.path))
+    assert isinstance(staged, DirectKV) and len(staged.block_ids) == 400 // 32
+    held = await prefill.stats(5.0)
+    assert held.num_total_blocks - held.num_free_blocks >= len(staged.block_ids)
+
+    tokens, deltas = await collect(decode.stream(continuation(request, result.first, result.kv_handle)))
+    assert result.first.token_ids + tokens == await oracle.greedy.remote(prompt, MAX_TOKENS)
+    assert deltas[0].num_cached_tokens == len(staged.block_ids) * 32
+    assert not Path(staged.lease_path).exists()
+
+    async def released():
+        stats = await prefill.stats(5.0)
+        return stats.num_free_blocks == stats.num_total_blocks
+
+    for _ in range(100):
+        if await released():
+            break
+        await asyncio.sleep(0.1)
+    assert await released()

@@ -98,20 +98,24 @@ async def test_zeroed_kv_changes_tokens(client, oracle):
             f.seek(4096)
             f.write(b"\0" * (size - 4096))
 
-    tokens, deltas, _ = await _prefill_then_decode(client, greedy_request(prompt), MediumKind.SHARED_MEMORY, zero_data)
+    tokens, deltas, _ = await _prefill_then_decode(client, greedy_request(prompt), MediumKind.DISK, zero_data)
     assert deltas[0].num_cached_tokens == 288
     assert tokens != expected
 
 
-async def test_unfetched_staged_kv_is_swept(client, cluster_config):
-    """Staged KV that no importer takes (here: never fetched) is deleted by its owner after
-    the configured time to live; consumed files are deleted by the importer at once."""
+async def test_unfetched_staged_kv_is_swept_and_its_blocks_freed(client, cluster_config):
+    """Staged KV that no importer takes is deleted by its owner after the configured time
+    to live; over shared memory that also ends the lease, so the held blocks are freed."""
     request = greedy_request(prompt_of(200, seed=46))
     prefill = client.choose(Role.PREFILL, 200)
     result = await prefill.prefill(request, MediumKind.SHARED_MEMORY)
     staged = Path(result.kv_handle.path)
     assert staged.exists()
     deadline = time.monotonic() + 4 * cluster_config.kv.staged_ttl_s
-    while staged.exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        stats = await prefill.stats(5.0)
+        if not staged.exists() and stats.num_free_blocks == stats.num_total_blocks:
+            break
         await asyncio.sleep(0.2)
     assert not staged.exists()
+    assert stats.num_free_blocks == stats.num_total_blocks

@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 
 from actors.kv.connector_worker import find_block_dim
-from actors.kv.layout import StagedKVError, load_staged_kv, plan_layout, read_header, write_staged_kv
+from actors.kv.layout import (
+    DirectKV,
+    StagedKVError,
+    load_staged_kv,
+    plan_layout,
+    read_header,
+    read_staged,
+    release_staged_kv,
+    write_direct_kv,
+    write_staged_kv,
+)
 
 NUM_BLOCKS = 16
 
@@ -88,3 +99,33 @@ def test_no_partial_file_is_visible(tmp_path):
     header = plan_layout(src, 0, 32, num_blocks=2, num_tokens=64)
     write_staged_kv(tmp_path / "r.kv", src, [0, 1], header)
     assert [p.name for p in tmp_path.iterdir()] == ["r.kv"]
+
+
+def test_direct_export_is_read_in_place_and_leased(tmp_path):
+    """A direct export writes only a descriptor; the importer copies the blocks out of the
+    exporter's memory (here the same process) and ending the lease frees them."""
+    src, dst = caches(0, seed=5), caches(0, seed=6)
+    header = plan_layout(src, 0, 32, num_blocks=3, num_tokens=96)
+    path = tmp_path / "r.kv"
+    write_direct_kv(path, src, [4, 1, 9], header)
+    staged = read_staged(path)
+    assert isinstance(staged, DirectKV) and staged.block_ids == (4, 1, 9) and staged.source_pid == os.getpid()
+    assert os.path.getsize(path) < 4096 and read_header(path).num_blocks == 3
+    copied = load_staged_kv(path, dst, src_block_start=1, dst_block_ids=[12, 13])
+    for name in src:
+        assert torch.equal(src[name][1], dst[name][12]) and torch.equal(src[name][9], dst[name][13])
+    assert copied == 2 * len(src) * src["model.layers.0.self_attn.attn"][0].numel() * 4
+    release_staged_kv(path)
+    assert not path.exists() and not os.path.exists(staged.lease_path)
+
+
+def test_direct_export_from_a_dead_process_is_a_load_error(tmp_path):
+    src = caches(0)
+    header = plan_layout(src, 0, 32, num_blocks=1, num_tokens=32)
+    path = tmp_path / "r.kv"
+    write_direct_kv(path, src, [0], header)
+    fields = json.loads(path.read_text())
+    fields["source_pid"] = 2**22 + 12345  # no such process
+    path.write_text(json.dumps(fields))
+    with pytest.raises(StagedKVError, match="unreadable"):
+        load_staged_kv(path, caches(0), 0, [0])
