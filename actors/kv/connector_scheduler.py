@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vllm.logger import init_logger
 
-from actors.kv.layout import StagedKVError, read_header, staged_kv_path
+from actors.kv.layout import StagedKVError, read_header, release_staged_kv, staged_kv_path
 from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM, ExportSpec, ImportSpec
 
 if TYPE_CHECKING:
@@ -71,9 +71,15 @@ class TideConnectorScheduler:
         return max(0, num_tokens - num_computed_tokens)
 
     def update_state_after_alloc(self, request: Request, num_external_tokens: int) -> None:
+        spec = (request.kv_transfer_params or {}).get(IMPORT_PARAM)
+        if not spec:
+            return
         if num_external_tokens > 0:
-            path = request.kv_transfer_params[IMPORT_PARAM]["path"]
-            self._pending_imports[request.request_id] = _PendingImport(path, num_external_tokens)
+            self._pending_imports[request.request_id] = _PendingImport(spec["path"], num_external_tokens)
+        else:
+            # Nothing to load (the local prefix cache already holds it): let it go now, so a
+            # direct exporter does not hold its blocks until the lease expires.
+            release_staged_kv(Path(spec["path"]))
 
     def build_specs(
         self, scheduler_output: SchedulerOutput, kv_cache_manager: KVCacheManager
@@ -132,6 +138,9 @@ class TideConnectorScheduler:
         req_id = request.request_id
         self._export_requests.pop(req_id, None)
         self._pending_imports.pop(req_id, None)
+        imported = (request.kv_transfer_params or {}).get(IMPORT_PARAM)
+        if imported:
+            release_staged_kv(Path(imported["path"]))  # a no-op once the worker loaded it
         staged = self._staged_exports.pop(req_id, None)
         if staged is None:
             return False, None

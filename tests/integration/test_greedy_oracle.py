@@ -113,3 +113,19 @@ async def test_shared_memory_reads_blocks_in_place_and_releases_them(client, ora
             break
         await asyncio.sleep(0.1)
     assert await released()
+
+
+async def test_prefix_cache_hit_on_decode_releases_the_exporter_at_once(client, oracle):
+    """When the decode replica already holds the prompt in its prefix cache it loads
+    nothing, and the exporter's held blocks are released right away, not at lease expiry."""
+    prompt = prompt_of(260, seed=78)
+    await collect(client.generate_disaggregated(greedy_request(prompt), MediumKind.SHARED_MEMORY))
+    prefill = client.choose(Role.PREFILL, 260)
+    decode = client.choose(Role.DECODE, 260)
+    request = greedy_request(prompt)
+    result = await prefill.prefill(request, MediumKind.SHARED_MEMORY)
+    lease = Path(result.kv_handle.path + ".lease")
+    tokens, deltas = await collect(decode.stream(continuation(request, result.first, result.kv_handle)))
+    assert result.first.token_ids + tokens == await oracle.greedy.remote(prompt, MAX_TOKENS)
+    assert deltas[0].num_cached_tokens == 256  # from the decode replica's own prefix cache
+    assert not lease.exists()
