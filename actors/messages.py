@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vllm import SamplingParams
@@ -79,4 +79,3 @@ class ReplicaInfo:
     num_total_blocks: int
     block_size: int
     max_model_len: int
-    transfers: tuple[TransferRecord, ...] = field(default_factory=tuple)

@@ -22,9 +22,9 @@ def _load_config(path: str | None) -> ClusterConfig:
     try:
         return ClusterConfig.from_yaml(Path(path))
     except FileNotFoundError:
-        raise SystemExit(f"tide: config file {path} does not exist")
+        raise SystemExit(f"tide: config file {path} does not exist") from None
     except ValidationError as exc:
-        raise SystemExit(f"tide: config file {path} is invalid:\n{exc}")
+        raise SystemExit(f"tide: config file {path} is invalid:\n{exc}") from None
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
@@ -75,7 +75,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping ...")
-        ray.get(controller.stop.remote())
+        try:
+            ray.get(controller.stop.remote(), timeout=60)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            print(f"tide: the cluster did not stop cleanly: {exc}", file=sys.stderr)
         launcher.LaunchRecord.remove(config.name)
     return 0
 

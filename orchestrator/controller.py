@@ -136,11 +136,11 @@ class ControllerActor:
 
     async def _observe(self) -> None:
         now = time.time()
-        observed = [(rid, m) for rid, m in self._replicas.items() if m.info is not None and m.dead_reason is None]
+        observed = [m for m in self._replicas.values() if m.info is not None and m.dead_reason is None]
         results = await asyncio.gather(
-            *(m.handle.stats(self.config.controller.health_timeout_s) for _, m in observed), return_exceptions=True
+            *(m.handle.stats(self.config.controller.health_timeout_s) for m in observed), return_exceptions=True
         )
-        for (rid, managed), result in zip(observed, results):
+        for managed, result in zip(observed, results, strict=True):
             if isinstance(result, ReplicaSnapshot):
                 managed.last, managed.last_ok_at_s = result, now
                 if result.health == Health.DEAD:
