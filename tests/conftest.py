@@ -35,7 +35,7 @@ def tiny_model() -> str:
 @pytest.fixture(scope="session")
 def ray_session():
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(namespace="tide-tests", num_cpus=4, log_to_driver=False, include_dashboard=False)
+    ray.init(namespace="tidetest", num_cpus=4, log_to_driver=False, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -1,0 +1,57 @@
+"""The `tide` command line: clear messages for bad input, and `status` against the running
+test cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.model_builder import directory_digest
+
+TIDE = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def tide(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*TIDE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_config_is_a_clear_error(tmp_path):
+    result = tide("up", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode != 0
+    assert "nope.yaml does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_config_names_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("pools:\n  - {name: p, role: prefill, num_replicas: -1}\n")
+    result = tide("up", "--config", str(path))
+    assert result.returncode != 0
+    assert "is invalid" in result.stderr and "num_replicas" in result.stderr
+
+
+def test_model_build_prints_the_digest_and_is_reproducible(tmp_path, tiny_model):
+    result = tide("model", "build", "tiny", "--out", str(tmp_path / "tiny"))
+    assert result.returncode == 0, result.stderr
+    digest = directory_digest(tmp_path / "tiny")
+    assert digest[:16] in result.stdout
+    assert digest == directory_digest(Path(tiny_model))
+
+
+@pytest.mark.engine
+def test_status_shows_the_running_pools(controller, cluster_config):
+    result = tide("status", "--cluster", cluster_config.name)
+    assert result.returncode == 0, result.stderr
+    for pool in cluster_config.pools:
+        assert f"{pool.name}-0" in result.stdout
+    assert "healthy" in result.stdout
+
+
+@pytest.mark.engine
+def test_status_of_an_unknown_cluster_says_so(controller):
+    result = tide("status", "--cluster", "nosuchcluster")
+    assert result.returncode == 1
+    assert "no cluster 'nosuchcluster'" in result.stderr
