@@ -103,7 +103,7 @@ class TideConnectorWorker:
         """Held direct exports whose request has finished and whose lease is gone (the
         importer read the blocks, gave up, or the lease expired)."""
         self._finished_held |= finished_req_ids & self._held.keys()
-        done = {r for r in self._finished_held if not self._held[r].exists()}
+        done = {r for r in self._finished_held if not _lease_alive(self._held[r])}
         for req_id in done:
             del self._held[req_id]
         self._finished_held -= done
@@ -118,3 +118,7 @@ class TideConnectorWorker:
     def take_failed_block_ids(self) -> set[int]:
         failed, self._failed_block_ids = self._failed_block_ids, set()
         return failed
+
+
+def _lease_alive(lease: Path) -> bool:
+    return lease.exists() or Path(str(lease) + ".claimed").exists()

@@ -137,8 +137,14 @@ def write_staged_kv(
 @dataclass(frozen=True)
 class DirectKV:
     """A descriptor instead of bytes: where the exporter's blocks are in its own memory.
-    The importer copies them with one cross-memory read; the exporter holds the blocks
-    until the importer deletes `lease_path` (or the lease expires)."""
+
+    Lease protocol (all steps are single atomic file operations):
+    - the exporter creates `lease_path` and holds the blocks while `lease_path` or
+      `claimed_path` exists;
+    - the importer renames `lease_path` to `claimed_path` before reading, reads, then
+      deletes `claimed_path`;
+    - an expiring lease is deleted; if that happens first, the importer's rename fails and
+      it computes instead, so blocks are never freed under a reader."""
 
     header: StagedKVHeader
     source_pid: int
@@ -146,6 +152,10 @@ class DirectKV:
     layer_addresses: tuple[int, ...]
     block_bytes: int
     lease_path: str
+
+    @property
+    def claimed_path(self) -> str:
+        return self.lease_path + ".claimed"
 
 
 def write_direct_kv(path: Path, kv_caches: dict[str, torch.Tensor], block_ids: list[int], header: StagedKVHeader) -> int:
@@ -261,6 +271,13 @@ def _load_direct(direct: DirectKV, kv_caches: dict[str, torch.Tensor], src_block
             src = direct.block_ids[src_block_start + i]
             copies.append((cache.data_ptr() + dst * block_bytes, source + src * block_bytes, block_bytes))
     try:
+        os.rename(direct.lease_path, direct.claimed_path)
+    except FileNotFoundError:
+        raise StagedKVError("the direct KV's lease has expired; its blocks may be reused") from None
+    os.utime(direct.claimed_path)  # the claim's age, not the lease's, is what sweeping sees
+    try:
         return read_from_process(direct.source_pid, copies)
     except CrossMemoryError as exc:
         raise StagedKVError(f"direct KV from pid {direct.source_pid} is unreadable: {exc}") from exc
+    finally:
+        Path(direct.claimed_path).unlink(missing_ok=True)

@@ -129,3 +129,15 @@ def test_direct_export_from_a_dead_process_is_a_load_error(tmp_path):
     path.write_text(json.dumps(fields))
     with pytest.raises(StagedKVError, match="unreadable"):
         load_staged_kv(path, caches(0), 0, [0])
+
+
+def test_expired_lease_is_never_read(tmp_path):
+    """Once the lease is gone (expired) the importer must not read: the exporter may
+    already have reused the blocks."""
+    src = caches(0)
+    header = plan_layout(src, 0, 32, num_blocks=1, num_tokens=32)
+    path = tmp_path / "r.kv"
+    write_direct_kv(path, src, [0], header)
+    os.unlink(read_staged(path).lease_path)
+    with pytest.raises(StagedKVError, match="lease has expired"):
+        load_staged_kv(path, caches(0), 0, [0])
