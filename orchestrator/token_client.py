@@ -13,23 +13,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import ray
 from ray.actor import ActorHandle
 
-from actors.kv.medium import MediumKind
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenDelta, TokenRequest
 from orchestrator.controller import RoutingTable
 from orchestrator.replica_handle import ReplicaHandle
 from policies.routing import NoReplicaAvailable, RequestDemand, Router, RouterState
-from policies.snapshot import Role
+from policies.snapshot import RequestId, Role
 
 logger = logging.getLogger(__name__)
 
 
 class TokenClient:
-    def __init__(self, controller: ActorHandle, router: Router, block_size: int, refresh_s: float = 0.2):
+    def __init__(
+        self,
+        controller: ActorHandle,
+        router: Router,
+        block_size: int,
+        refresh_s: float = 0.2,
+        max_replays: int = 3,
+        replica_wait_s: float = 60.0,
+    ):
         self._controller = controller
         self._router = router
         self._block_size = block_size
@@ -37,7 +47,10 @@ class TokenClient:
         self._table: RoutingTable | None = None
         self._router_state = RouterState()
         self._refresher: asyncio.Task | None = None
+        self.max_replays = max_replays
+        self.replica_wait_s = replica_wait_s
         self.num_refresh_failures = 0
+        self.num_replays = 0
 
     async def start(self) -> None:
         self._table = await self._controller.routing_table.remote()
@@ -66,17 +79,90 @@ class TokenClient:
         snapshot = self.table.snapshot
         return bool(snapshot.pools_with_role(Role.PREFILL)) and bool(snapshot.pools_with_role(Role.DECODE))
 
-    def choose(self, role: Role, num_prompt_tokens: int) -> ReplicaHandle:
+    def choose(self, role: Role, num_prompt_tokens: int, avoid: frozenset[str] = frozenset()) -> ReplicaHandle:
         table = self.table
         demand = RequestDemand(num_prompt_tokens, -(-num_prompt_tokens // self._block_size))
-        candidates = [r for r in table.snapshot.serving(role) if r.replica_id in table.actors]
+        candidates = [
+            r for r in table.snapshot.serving(role) if r.replica_id in table.actors and r.replica_id not in avoid
+        ]
         replica_id, self._router_state = self._router.choose(candidates, role, demand, self._router_state)
         return ReplicaHandle(replica_id, table.actors[replica_id])
 
     async def generate(self, request: TokenRequest, medium: MediumKind | None = None) -> AsyncIterator[TokenDelta]:
-        stream = self.generate_disaggregated(request, medium) if self.disaggregated else self.generate_colocated(request)
+        """Streams the request; if the replica serving it dies, replays it on another one
+        with the prompt plus the tokens already streamed, so the caller sees one continuous
+        stream (greedy: exactly the tokens of an uninterrupted run). Raises `RequestFailed`
+        past the replay budget."""
+        produced: list[int] = []
+        avoid: set[str] = set()
+        num_replays = 0
+        while True:
+            attempt = _Attempt()
+            current = continuation(request, produced, None) if produced else request
+            try:
+                async for delta in self._attempt(current, medium, frozenset(avoid), attempt, fresh=not produced):
+                    produced += delta.token_ids
+                    yield replace(delta, num_prompt_tokens=len(request.prompt_token_ids))
+                return
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if not is_replica_failure(exc):
+                    raise
+                if num_replays >= self.max_replays:
+                    raise RequestFailed(
+                        f"request {request.request_id} lost its replica {num_replays + 1} times; retry it"
+                    ) from exc
+                num_replays += 1
+                self.num_replays += 1
+                if attempt.replica_id:
+                    avoid.add(attempt.replica_id)
+                logger.warning("request %s: replica %s failed (%s); replaying after %d tokens",
+                               request.request_id, attempt.replica_id, type(exc).__name__, len(produced))
+
+    async def _attempt(
+        self, request: TokenRequest, medium: MediumKind | None, avoid: frozenset[str], attempt: _Attempt, fresh: bool
+    ) -> AsyncIterator[TokenDelta]:
+        """A fresh request goes prefill -> decode; a replay recomputes on one replica."""
+        n = len(request.prompt_token_ids)
+        if not self.disaggregated:
+            stream = self._stream_on(await self._choose_any((Role.COLOCATED,), n, avoid), request, attempt)
+        elif fresh:
+            stream = self._prefill_then_decode(request, medium, avoid, attempt)
+        else:
+            stream = self._stream_on(await self._choose_any((Role.DECODE, Role.COLOCATED), n, avoid), request, attempt)
         async for delta in stream:
             yield delta
+
+    async def _prefill_then_decode(
+        self, request: TokenRequest, medium: MediumKind | None, avoid: frozenset[str], attempt: _Attempt
+    ) -> AsyncIterator[TokenDelta]:
+        prefill = await self._choose_any((Role.PREFILL, Role.DECODE, Role.COLOCATED), len(request.prompt_token_ids), avoid)
+        attempt.replica_id = prefill.replica_id
+        result = await prefill.prefill(request, medium)
+        yield result.first
+        if result.first.finished:
+            return
+        decode = await self._choose_any((Role.DECODE, Role.COLOCATED), len(request.prompt_token_ids), avoid)
+        async for delta in self._stream_on(decode, continuation(request, result.first.token_ids, result.kv_handle), attempt):
+            yield delta
+
+    async def _stream_on(self, replica: ReplicaHandle, request: TokenRequest, attempt: _Attempt) -> AsyncIterator[TokenDelta]:
+        attempt.replica_id = replica.replica_id
+        async for delta in replica.stream(request):
+            yield delta
+
+    async def _choose_any(self, roles: tuple[Role, ...], num_prompt_tokens: int, avoid: frozenset[str]) -> ReplicaHandle:
+        """The first role in `roles` with a healthy replica; waits for the controller to
+        bring one up (a replacement) for at most `replica_wait_s`."""
+        deadline = asyncio.get_running_loop().time() + self.replica_wait_s
+        while True:
+            for role in roles:
+                try:
+                    return self.choose(role, num_prompt_tokens, avoid)
+                except NoReplicaAvailable:
+                    continue
+            if asyncio.get_running_loop().time() > deadline:
+                raise NoReplicaAvailable(f"no healthy {'/'.join(r.value for r in roles)} replica")
+            await asyncio.sleep(0.2)
 
     async def generate_colocated(self, request: TokenRequest) -> AsyncIterator[TokenDelta]:
         replica = self.choose(Role.COLOCATED, len(request.prompt_token_ids))
@@ -86,30 +172,51 @@ class TokenClient:
     async def generate_disaggregated(
         self, request: TokenRequest, medium: MediumKind | None = None
     ) -> AsyncIterator[TokenDelta]:
+        """One prefill -> decode pass, no replay (the mechanism itself, for tests and benchmarks)."""
         prefill = self.choose(Role.PREFILL, len(request.prompt_token_ids))
         result = await prefill.prefill(request, medium)
         yield result.first
         if result.first.finished:
             return
         decode = self.choose(Role.DECODE, len(request.prompt_token_ids))
-        async for delta in decode.stream(continuation(request, result.first, result.kv_handle)):
+        async for delta in decode.stream(continuation(request, result.first.token_ids, result.kv_handle)):
             yield delta
 
 
-def continuation(request: TokenRequest, produced: TokenDelta, kv_handle) -> TokenRequest:
-    """The rest of `request` after `produced`: the produced tokens join the prompt and the
-    token budgets shrink by as many."""
+class RequestFailed(Exception):
+    """The request lost its replica more often than the replay budget allows. Retriable."""
+
+
+@dataclass
+class _Attempt:
+    replica_id: str | None = None
+
+
+def is_replica_failure(exc: BaseException) -> bool:
+    """The replica (actor or engine) died, as opposed to the request being at fault."""
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return True
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return isinstance(exc.cause, (EngineDeadError, EngineGenerateError, ray.exceptions.RayActorError))
+    return False
+
+
+def continuation(request: TokenRequest, produced: list[int], kv_handle: KVHandle | None) -> TokenRequest:
+    """The rest of `request` after the `produced` tokens: they join the prompt and the
+    token budgets shrink by as many. Its id is new: an engine may still be finishing the
+    old one."""
     sampling = request.sampling.clone()
-    num_produced = len(produced.token_ids)
+    num_produced = len(produced)
     if sampling.max_tokens is not None:
         sampling.max_tokens -= num_produced
     sampling.min_tokens = max(0, sampling.min_tokens - num_produced)
     return replace(
         request,
-        prompt_token_ids=list(request.prompt_token_ids) + list(produced.token_ids),
+        request_id=RequestId(f"{request.request_id}+{num_produced}"),
+        prompt_token_ids=list(request.prompt_token_ids) + list(produced),
         sampling=sampling,
         kv_handle=kv_handle,
     )
 
 
-__all__ = ["TokenClient", "continuation", "NoReplicaAvailable"]
+__all__ = ["TokenClient", "RequestFailed", "continuation", "is_replica_failure", "NoReplicaAvailable"]

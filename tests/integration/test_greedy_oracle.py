@@ -99,7 +99,7 @@ async def test_shared_memory_reads_blocks_in_place_and_releases_them(client, ora
     held = await prefill.stats(5.0)
     assert held.num_total_blocks - held.num_free_blocks >= len(staged.block_ids)
 
-    tokens, deltas = await collect(decode.stream(continuation(request, result.first, result.kv_handle)))
+    tokens, deltas = await collect(decode.stream(continuation(request, result.first.token_ids, result.kv_handle)))
     assert result.first.token_ids + tokens == await oracle.greedy.remote(prompt, MAX_TOKENS)
     assert deltas[0].num_cached_tokens == len(staged.block_ids) * 32
     assert not Path(staged.lease_path).exists()
@@ -125,7 +125,7 @@ async def test_prefix_cache_hit_on_decode_releases_the_exporter_at_once(client, 
     request = greedy_request(prompt)
     result = await prefill.prefill(request, MediumKind.SHARED_MEMORY)
     lease = Path(result.kv_handle.path + ".lease")
-    tokens, deltas = await collect(decode.stream(continuation(request, result.first, result.kv_handle)))
+    tokens, deltas = await collect(decode.stream(continuation(request, result.first.token_ids, result.kv_handle)))
     assert result.first.token_ids + tokens == await oracle.greedy.remote(prompt, MAX_TOKENS)
     assert deltas[0].num_cached_tokens == 256  # from the decode replica's own prefix cache
     assert not lease.exists()

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import ray
 
-from orchestrator.token_client import TokenClient
+from orchestrator.token_client import RequestFailed, TokenClient
 from policies.routing import LoadAwareRouter
 from policies.snapshot import ClusterSnapshot, Health, Role
 from tests.integration.helpers import collect, greedy_request, prompt_of
@@ -82,6 +82,51 @@ async def test_disconnected_consumer_aborts_on_replica(client):
         return stats.num_running == 0 and stats.num_waiting == 0
 
     await _wait_for(idle, 30, "the abandoned request to be aborted")
+
+
+async def test_stream_survives_the_death_of_its_decode_replica(controller, oracle):
+    """Kill the decode replica mid-stream: the client's stream goes on (replayed elsewhere
+    with prompt + tokens so far), with no gap or duplicate and oracle-identical tokens. A
+    client with no replay budget gets a clear, retriable error instead."""
+    resilient = TokenClient(controller, LoadAwareRouter(), 32, max_replays=2)
+    strict = TokenClient(controller, LoadAwareRouter(), 32, max_replays=0)
+    await resilient.start()
+    await strict.start()
+    prompt_a, prompt_b = prompt_of(150, seed=950), prompt_of(90, seed=951)
+    streamed: list[int] = []
+    deltas = []
+    killed = asyncio.Event()
+
+    async def consume_resilient():
+        async for delta in resilient.generate(greedy_request(prompt_a, max_tokens=120)):
+            streamed.extend(delta.token_ids)
+            deltas.append(delta)
+            if len(streamed) >= 20:
+                await killed.wait()
+
+    async def consume_strict():
+        async for _ in strict.generate(greedy_request(prompt_b, max_tokens=400)):
+            pass
+
+    async def kill_decode_when_streaming():
+        while len(streamed) < 20:
+            await asyncio.sleep(0.01)
+        table = await controller.routing_table.remote()
+        [decode_id] = [r.replica_id for r in table.snapshot.serving(Role.DECODE)]
+        ray.kill(table.actors[decode_id])
+        killed.set()
+
+    results = await asyncio.gather(consume_resilient(), consume_strict(), kill_decode_when_streaming(),
+                                   return_exceptions=True)
+    assert results[0] is None, results[0]
+    assert isinstance(results[1], RequestFailed) and "retry" in str(results[1])
+    assert streamed == await oracle.greedy.remote(prompt_a, 120)
+    assert resilient.num_replays == 1
+    assert all(d.num_prompt_tokens == len(prompt_a) for d in deltas)
+    assert deltas[-1].finish_reason == "length"
+    await resilient.close()
+    await strict.close()
+    await _wait_for(lambda: _serving_ids(controller, "decode"), 240, "the decode pool to recover")
 
 
 async def test_killed_replica_is_replaced(client, controller, oracle):

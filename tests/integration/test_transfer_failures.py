@@ -49,7 +49,7 @@ async def _prefill_then_decode(client, request, medium, damage, on_failure=None)
     assert result.kv_handle is not None
     handle = damage(result.kv_handle) or result.kv_handle
     decode = client.choose(Role.DECODE, len(request.prompt_token_ids))
-    rest = continuation(request, result.first, handle)
+    rest = continuation(request, result.first.token_ids, handle)
     if on_failure is not None:
         rest = dataclasses.replace(rest, on_transfer_failure=on_failure)
     tokens, deltas = await collect(decode.stream(rest))
