@@ -6,6 +6,8 @@ prompt + first token with that KV and streams the rest.
 
 Routing runs on a routing table the client refreshes in the background from the
 controller; when the controller is unreachable, the last table keeps serving (contract 2).
+If the replica serving a request dies, the request is replayed on another replica with
+its prompt plus the tokens already streamed (bounded by a replay budget).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass, replace
 
 import ray
 from ray.actor import ActorHandle
-
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from actors.kv.medium import KVHandle, MediumKind

@@ -104,12 +104,15 @@ async def test_stream_survives_the_death_of_its_decode_replica(controller, oracl
             if len(streamed) >= 20:
                 await killed.wait()
 
+    strict_tokens: list[int] = []
+
     async def consume_strict():
-        async for _ in strict.generate(greedy_request(prompt_b, max_tokens=400)):
-            pass
+        async for delta in strict.generate(greedy_request(prompt_b, max_tokens=400)):
+            strict_tokens.extend(delta.token_ids)
 
     async def kill_decode_when_streaming():
-        while len(streamed) < 20:
+        # Both streams are on the decode replica when it dies.
+        while len(streamed) < 20 or len(strict_tokens) < 5:
             await asyncio.sleep(0.01)
         table = await controller.routing_table.remote()
         [decode_id] = [r.replica_id for r in table.snapshot.serving(Role.DECODE)]
