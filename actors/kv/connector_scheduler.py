@@ -48,10 +48,13 @@ class TideConnectorScheduler:
         self._export_requests: dict[str, tuple[Request, Path, str, bool]] = {}
         self._pending_imports: dict[str, _PendingImport] = {}
         self._staged_exports: dict[str, _StagedExport] = {}
+        # Blocks in each waiting request's staged KV, read once (the scheduler asks again
+        # every step while the request waits).
+        self._staged_blocks: dict[str, int] = {}
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> int:
         params = request.kv_transfer_params or {}
-        if EXPORT_PARAM in params:
+        if EXPORT_PARAM in params and request.request_id not in self._export_requests:
             export = params[EXPORT_PARAM]
             export_dir = Path(export.get("dir") or self._staging_dir)
             export_dir.mkdir(parents=True, exist_ok=True)
@@ -62,11 +65,14 @@ class TideConnectorScheduler:
             return 0
         # At least one token is computed here so the engine produces logits.
         loadable_blocks = (len(request.prompt_token_ids or []) - 1) // self._block_size
-        try:
-            staged_blocks = read_header(Path(spec["path"])).num_blocks
-        except StagedKVError as exc:
-            logger.warning("request %s: staged KV unusable, computing instead: %s", request.request_id, exc)
-            return 0
+        staged_blocks = self._staged_blocks.get(request.request_id)
+        if staged_blocks is None:
+            try:
+                staged_blocks = read_header(Path(spec["path"])).num_blocks
+            except StagedKVError as exc:
+                logger.warning("request %s: staged KV unusable, computing instead: %s", request.request_id, exc)
+                staged_blocks = 0
+            self._staged_blocks[request.request_id] = staged_blocks
         num_tokens = min(loadable_blocks, staged_blocks) * self._block_size
         return max(0, num_tokens - num_computed_tokens)
 
@@ -74,6 +80,7 @@ class TideConnectorScheduler:
         spec = (request.kv_transfer_params or {}).get(IMPORT_PARAM)
         if not spec:
             return
+        self._staged_blocks.pop(request.request_id, None)
         if num_external_tokens > 0:
             self._pending_imports[request.request_id] = _PendingImport(spec["path"], num_external_tokens)
         else:
@@ -138,6 +145,7 @@ class TideConnectorScheduler:
         req_id = request.request_id
         self._export_requests.pop(req_id, None)
         self._pending_imports.pop(req_id, None)
+        self._staged_blocks.pop(req_id, None)
         imported = (request.kv_transfer_params or {}).get(IMPORT_PARAM)
         if imported:
             release_staged_kv(Path(imported["path"]))  # a no-op once the worker loaded it
