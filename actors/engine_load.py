@@ -37,9 +37,8 @@ class EngineLoad:
         # Cumulative KV connector copy statistics (exports/imports, bytes, seconds).
         self.connector_totals: dict[str, float] = empty_totals()
 
-    def admit(self, request_id: str, num_prompt_tokens: int, num_cached_tokens: int = 0) -> None:
-        to_compute = max(0, num_prompt_tokens - num_cached_tokens)
-        self._admitted[request_id] = _Admitted(to_compute, -(-num_prompt_tokens // self.block_size))
+    def admit(self, request_id: str, num_prompt_tokens: int) -> None:
+        self._admitted[request_id] = _Admitted(num_prompt_tokens, -(-num_prompt_tokens // self.block_size))
 
     def mark_started(self, request_id: str) -> None:
         if request_id in self._admitted:

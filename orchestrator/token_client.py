@@ -134,15 +134,20 @@ class TokenClient:
             yield delta
 
     async def _prefill_then_decode(
-        self, request: TokenRequest, medium: MediumKind | None, avoid: frozenset[str], attempt: _Attempt
+        self, request: TokenRequest, medium: MediumKind | None, avoid: frozenset[str], attempt: _Attempt,
+        strict: bool = False,
     ) -> AsyncIterator[TokenDelta]:
-        prefill = await self._choose_any((Role.PREFILL, Role.DECODE, Role.COLOCATED), len(request.prompt_token_ids), avoid)
+        """Prefill on the prefill pool, decode on the decode pool; unless `strict`, another
+        pool that can do the work stands in when one has no healthy replica."""
+        n = len(request.prompt_token_ids)
+        prefill_roles = (Role.PREFILL,) if strict else (Role.PREFILL, Role.DECODE, Role.COLOCATED)
+        prefill = await self._choose_any(prefill_roles, n, avoid)
         attempt.replica_id = prefill.replica_id
         result = await prefill.prefill(request, medium)
         yield result.first
         if result.first.finished:
             return
-        decode = await self._choose_any((Role.DECODE, Role.COLOCATED), len(request.prompt_token_ids), avoid)
+        decode = await self._choose_any((Role.DECODE,) if strict else (Role.DECODE, Role.COLOCATED), n, avoid)
         async for delta in self._stream_on(decode, continuation(request, result.first.token_ids, result.kv_handle), attempt):
             yield delta
 
@@ -173,14 +178,9 @@ class TokenClient:
     async def generate_disaggregated(
         self, request: TokenRequest, medium: MediumKind | None = None
     ) -> AsyncIterator[TokenDelta]:
-        """One prefill -> decode pass, no replay (the mechanism itself, for tests and benchmarks)."""
-        prefill = self.choose(Role.PREFILL, len(request.prompt_token_ids))
-        result = await prefill.prefill(request, medium)
-        yield result.first
-        if result.first.finished:
-            return
-        decode = self.choose(Role.DECODE, len(request.prompt_token_ids))
-        async for delta in decode.stream(continuation(request, result.first.token_ids, result.kv_handle)):
+        """One prefill -> decode pass on exactly those pools, no replay (the mechanism itself,
+        for tests and benchmarks)."""
+        async for delta in self._prefill_then_decode(request, medium, frozenset(), _Attempt(), strict=True):
             yield delta
 
 
