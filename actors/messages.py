@@ -43,6 +43,8 @@ class TokenDelta:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[dict[int, Any]] | None = None
+    # On a request's first delta only: vLLM's prompt logprobs (None for the first token).
+    prompt_logprobs: list[dict[int, Any] | None] | None = None
     timings: RequestTimings | None = None
 
     @property

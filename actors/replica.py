@@ -209,7 +209,9 @@ class ReplicaActor:
                     num_prompt_tokens=len(request.prompt_token_ids),
                     num_cached_tokens=output.num_cached_tokens or 0,
                     finish_reason=completion.finish_reason, stop_reason=completion.stop_reason,
-                    logprobs=list(completion.logprobs) if completion.logprobs else None, timings=timings,
+                    logprobs=list(completion.logprobs) if completion.logprobs else None,
+                    prompt_logprobs=list(output.prompt_logprobs) if output.prompt_logprobs else None,
+                    timings=timings,
                 ), output
         finally:
             self._load.release(request.request_id)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.medium import MediumKind
-from policies.routing import RoutingPolicyKind
+from policies.routing import DataPath, RoutingPolicyKind
 from policies.snapshot import Role
 
 
@@ -66,6 +66,25 @@ class ControllerSettings(_Frozen):
     start_timeout_s: float = Field(600.0, gt=0)
 
 
+class ServeSettings(_Frozen):
+    """The OpenAI-compatible HTTP front door (a Ray Serve application)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    route_prefix: str = "/"
+    num_ingress_replicas: int = Field(1, ge=1)
+    api_keys: tuple[str, ...] = Field((), description="accepted Bearer tokens; empty means no authentication")
+    max_queued_requests: int | None = Field(
+        None, gt=0, description="requests in flight beyond this are refused with 503 and Retry-After"
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers")
+    max_replays: int = Field(3, ge=0, description="replays of a request whose replica died before it fails")
+    routing_refresh_s: float = Field(0.2, gt=0, description="how often the ingress refreshes its routing table")
+    data_path: DataPath = Field(
+        DataPath.AUTO, description="auto: prefill -> decode when both pools exist, else colocated"
+    )
+
+
 class ClusterConfig(_Frozen):
     name: str = Field("tide", pattern=r"^[a-z0-9][a-z0-9-]*$")
     engine: EngineConfig = EngineConfig()
@@ -77,6 +96,7 @@ class ClusterConfig(_Frozen):
     routing: RoutingPolicyKind = RoutingPolicyKind.LOAD_AWARE
     slo: SLOConfig = SLOConfig()
     controller: ControllerSettings = ControllerSettings()
+    serve: ServeSettings = ServeSettings()
 
     @model_validator(mode="after")
     def _pools_serve(self) -> ClusterConfig:

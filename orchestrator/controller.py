@@ -241,11 +241,13 @@ class ControllerActor:
     # ---- restart: adopt what is already running ----
     async def _adopt_existing_replicas(self) -> None:
         prefix = replica_actor_name(self.config.name, ReplicaId(""))
-        names = [n for n in ray.util.list_named_actors() if n.startswith(prefix)]
+        namespace = self.config.name
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == namespace and a["name"].startswith(prefix)]
         for name in names:
             replica_id = ReplicaId(name.removeprefix(prefix))
             try:
-                handle = ReplicaHandle(replica_id, ray.get_actor(name))
+                handle = ReplicaHandle(replica_id, ray.get_actor(name, namespace=namespace))
                 info = await handle.start(self.config.controller.health_timeout_s)
             except (ray.exceptions.RayError, ValueError, asyncio.TimeoutError):
                 continue

@@ -60,7 +60,7 @@ def connect(address: str | None, cluster: str) -> None:
 
 def launch_controller(config: ClusterConfig, detached: bool) -> ActorHandle:
     model_path = resolve_model(config.engine.model)
-    options = {"name": controller_name(config.name), "get_if_exists": True, "max_restarts": -1,
+    options = {"name": controller_name(config.name), "namespace": config.name, "get_if_exists": True, "max_restarts": -1,
                "max_concurrency": 1000, "num_cpus": 0}
     if detached:
         options["lifetime"] = "detached"
@@ -68,7 +68,7 @@ def launch_controller(config: ClusterConfig, detached: bool) -> ActorHandle:
 
 
 def find_controller(cluster: str) -> ActorHandle:
-    return ray.get_actor(controller_name(cluster))
+    return ray.get_actor(controller_name(cluster), namespace=cluster)
 
 
 def wait_ready(

@@ -33,6 +33,7 @@ class ReplicaHandle:
         # controller finds them by name.
         actor = actor_cls.options(
             name=replica_actor_name(cluster, replica_id),
+            namespace=cluster,
             lifetime="detached",
             num_cpus=pool.num_cpus,
             resources=dict(pool.resources) or None,

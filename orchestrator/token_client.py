@@ -7,7 +7,9 @@ prompt + first token with that KV and streams the rest.
 Routing runs on a routing table the client refreshes in the background from the
 controller; when the controller is unreachable, the last table keeps serving (contract 2).
 If the replica serving a request dies, the request is replayed on another replica with
-its prompt plus the tokens already streamed (bounded by a replay budget).
+its prompt plus the tokens already streamed (bounded by a replay budget). Requests with a
+sampling seed instead restart from their prompt and skip what was streamed, so they stay
+reproducible (see `resumption`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from dataclasses import dataclass, replace
 
 import ray
 from ray.actor import ActorHandle
+from vllm.sampling_params import SamplingType
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenDelta, TokenRequest
 from orchestrator.controller import RoutingTable
 from orchestrator.replica_handle import ReplicaHandle
-from policies.routing import NoReplicaAvailable, RequestDemand, Router, RouterState
+from policies.routing import DataPath, NoReplicaAvailable, RequestDemand, Router, RouterState
 from policies.snapshot import RequestId, Role
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class TokenClient:
         refresh_s: float = 0.2,
         max_replays: int = 3,
         replica_wait_s: float = 60.0,
+        data_path: DataPath = DataPath.AUTO,
     ):
         self._controller = controller
         self._router = router
@@ -50,6 +54,7 @@ class TokenClient:
         self._refresher: asyncio.Task | None = None
         self.max_replays = max_replays
         self.replica_wait_s = replica_wait_s
+        self.data_path = data_path
         self.num_refresh_failures = 0
         self.num_replays = 0
 
@@ -77,6 +82,8 @@ class TokenClient:
 
     @property
     def disaggregated(self) -> bool:
+        if self.data_path != DataPath.AUTO:
+            return self.data_path == DataPath.DISAGGREGATED
         snapshot = self.table.snapshot
         return bool(snapshot.pools_with_role(Role.PREFILL)) and bool(snapshot.pools_with_role(Role.DECODE))
 
@@ -99,9 +106,10 @@ class TokenClient:
         num_replays = 0
         while True:
             attempt = _Attempt()
-            current = continuation(request, produced, None) if produced else request
+            current, skip = (request, 0) if not produced else resumption(request, produced)
             try:
-                async for delta in self._attempt(current, medium, frozenset(avoid), attempt, fresh=not produced):
+                stream = self._attempt(current, medium, frozenset(avoid), attempt, fresh=not produced)
+                async for delta in skipping(stream, skip):
                     produced += delta.token_ids
                     yield replace(delta, num_prompt_tokens=len(request.prompt_token_ids))
                 return
@@ -148,7 +156,8 @@ class TokenClient:
         if result.first.finished:
             return
         decode = await self._choose_any((Role.DECODE,) if strict else (Role.DECODE, Role.COLOCATED), n, avoid)
-        async for delta in self._stream_on(decode, continuation(request, result.first.token_ids, result.kv_handle), attempt):
+        rest, skip = resumption(request, result.first.token_ids, result.kv_handle)
+        async for delta in skipping(self._stream_on(decode, rest, attempt), skip):
             yield delta
 
     async def _stream_on(self, replica: ReplicaHandle, request: TokenRequest, attempt: _Attempt) -> AsyncIterator[TokenDelta]:
@@ -202,6 +211,35 @@ def is_replica_failure(exc: BaseException) -> bool:
     return False
 
 
+def resumption(
+    request: TokenRequest, produced: list[int], kv_handle: KVHandle | None = None
+) -> tuple[TokenRequest, int]:
+    """How another replica goes on with `request` after `produced`: the request to send and
+    how many of its first tokens to drop. Seeded sampling restarts from the prompt and drops
+    what was produced, so the seeded generator draws exactly as in one uninterrupted run;
+    everything else continues from prompt + produced."""
+    if request.sampling.sampling_type == SamplingType.RANDOM_SEED:
+        sampling = request.sampling.clone()
+        sampling.prompt_logprobs = None
+        restart = replace(request, request_id=RequestId(f"{request.request_id}+{len(produced)}"),
+                          sampling=sampling, kv_handle=kv_handle)
+        return restart, len(produced)
+    return continuation(request, produced, kv_handle), 0
+
+
+async def skipping(stream: AsyncIterator[TokenDelta], num_tokens: int) -> AsyncIterator[TokenDelta]:
+    """`stream` without its first `num_tokens` tokens."""
+    async for delta in stream:
+        if num_tokens:
+            dropped = min(num_tokens, len(delta.token_ids))
+            num_tokens -= dropped
+            delta = replace(delta, token_ids=delta.token_ids[dropped:], prompt_logprobs=None,
+                            logprobs=delta.logprobs[dropped:] if delta.logprobs else None)
+            if not delta.token_ids and not delta.finished:
+                continue
+        yield delta
+
+
 def continuation(request: TokenRequest, produced: list[int], kv_handle: KVHandle | None) -> TokenRequest:
     """The rest of `request` after the `produced` tokens: they join the prompt and the
     token budgets shrink by as many. Its id is new: an engine may still be finishing the
@@ -211,6 +249,8 @@ def continuation(request: TokenRequest, produced: list[int], kv_handle: KVHandle
     if sampling.max_tokens is not None:
         sampling.max_tokens -= num_produced
     sampling.min_tokens = max(0, sampling.min_tokens - num_produced)
+    # The first attempt delivered the prompt's logprobs; the rest does not recompute them.
+    sampling.prompt_logprobs = None
     return replace(
         request,
         request_id=RequestId(f"{request.request_id}+{num_produced}"),
@@ -220,4 +260,4 @@ def continuation(request: TokenRequest, produced: list[int], kv_handle: KVHandle
     )
 
 
-__all__ = ["TokenClient", "RequestFailed", "continuation", "is_replica_failure", "NoReplicaAvailable"]
+__all__ = ["TokenClient", "RequestFailed", "continuation", "resumption", "is_replica_failure", "NoReplicaAvailable"]

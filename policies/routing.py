@@ -15,6 +15,15 @@ class RoutingPolicyKind(str, Enum):
     LOAD_AWARE = "load_aware"
 
 
+class DataPath(str, Enum):
+    """How a request is served: prefill -> decode when the cluster has both pools
+    (`auto`), or always on one of them."""
+
+    AUTO = "auto"
+    COLOCATED = "colocated"
+    DISAGGREGATED = "disaggregated"
+
+
 @dataclass(frozen=True)
 class RequestDemand:
     num_prompt_tokens: int

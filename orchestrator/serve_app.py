@@ -1,0 +1,90 @@
+"""The Ray Serve application: the OpenAI-compatible ingress of a Tide cluster.
+
+`deploy()` runs it on the current Ray cluster (what `tide up` does); `app_builder` is the
+import path for Serve config files and KubeRay's `serveConfigV2`
+(`import_path: orchestrator.serve_app:app_builder`, `args: {config: <ClusterConfig>}`),
+which also starts the cluster's controller if it is not running.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from orchestrator.config import ClusterConfig
+from orchestrator.launcher import controller_name, launch_controller
+from orchestrator.models import resolve_model
+from orchestrator.openai_app import build_openai_app, server_args
+from orchestrator.token_client import TokenClient
+from policies.routing import make_router
+
+INGRESS_NAME = "openai-ingress"
+# Streams are long and cheap for the ingress; the replicas' own queues are the limit.
+MAX_ONGOING_REQUESTS_PER_INGRESS = 4096
+
+
+@serve.ingress()
+class OpenAIIngress:
+    def __init__(self, config: ClusterConfig, model_path: str):
+        self.config = config
+        self.model_path = model_path
+        self.tokens: TokenClient | None = None
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        config = self.config
+        controller = ray.get_actor(controller_name(config.name), namespace=config.name)
+        spec = config.engine_spec(self.model_path)
+        self.tokens = TokenClient(
+            controller, make_router(config.routing), spec.block_size,
+            refresh_s=config.serve.routing_refresh_s, max_replays=config.serve.max_replays,
+            data_path=config.serve.data_path,
+        )
+        await self.tokens.start()
+        return await build_openai_app(server_args(spec, config.serve), self.tokens, config.serve.retry_after_s)
+
+    async def __del__(self):
+        if self.tokens is not None:
+            await self.tokens.close()
+
+
+def application(config: ClusterConfig, model_path: str) -> Application:
+    return serve.deployment(OpenAIIngress).options(
+        name=INGRESS_NAME,
+        num_replicas=config.serve.num_ingress_replicas,
+        max_ongoing_requests=MAX_ONGOING_REQUESTS_PER_INGRESS,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(config, model_path)
+
+
+def deploy(config: ClusterConfig, model_path: str, app_name: str | None = None) -> str:
+    """Starts Serve's HTTP proxy on the configured address and runs the ingress (as Serve
+    application `app_name`, the cluster's name by default); returns the endpoint URL."""
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.run(application(config, model_path), name=app_name or config.name,
+              route_prefix=config.serve.route_prefix, blocking=False)
+    return endpoint_url(config)
+
+
+def endpoint_url(config: ClusterConfig) -> str:
+    host = "127.0.0.1" if config.serve.host in ("0.0.0.0", "::") else config.serve.host
+    return f"http://{host}:{config.serve.port}{config.serve.route_prefix.rstrip('/')}"
+
+
+def undeploy(app_name: str) -> None:
+    serve.delete(app_name)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Serve config entry point. `args.config` is a ClusterConfig (inline mapping or a
+    YAML path)."""
+    raw = args.get("config", {})
+    config = ClusterConfig.from_yaml(Path(raw)) if isinstance(raw, str) else ClusterConfig.model_validate(raw)
+    model_path = str(resolve_model(config.engine.model))
+    controller = launch_controller(config, detached=True)
+    controller.start.remote(wait_ready=False)
+    return application(config, model_path)
