@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 import uuid
 
 from vllm import SamplingParams
@@ -28,3 +30,18 @@ async def collect(stream) -> tuple[list[int], list]:
         tokens += delta.token_ids
         deltas.append(delta)
     return tokens, deltas
+
+
+async def serving_ids(controller, pool: str) -> list[str]:
+    snapshot = await controller.snapshot.remote()
+    return [r.replica_id for p in snapshot.pools if p.name == pool for r in p.serving]
+
+
+async def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

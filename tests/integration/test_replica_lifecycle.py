@@ -4,7 +4,6 @@ crash that loses nothing. Runs after the oracle tests (it kills replicas)."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psutil
 import pytest
@@ -12,25 +11,16 @@ import ray
 
 from orchestrator.token_client import RequestFailed, TokenClient
 from policies.routing import LoadAwareRouter
-from policies.snapshot import ClusterSnapshot, Health, Role
-from tests.integration.helpers import collect, greedy_request, prompt_of
+from policies.snapshot import Health, Role
+from tests.integration.helpers import (
+    collect,
+    greedy_request,
+    prompt_of,
+    serving_ids,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
-
-
-async def _serving_ids(controller, pool: str) -> list[str]:
-    snapshot: ClusterSnapshot = await controller.snapshot.remote()
-    return [r.replica_id for p in snapshot.pools if p.name == pool for r in p.serving]
-
-
-async def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 async def test_stats_report_running_requests_and_kv_blocks(client, controller):
@@ -42,7 +32,7 @@ async def test_stats_report_running_requests_and_kv_blocks(client, controller):
         stats = await replica.stats(5.0)
         return stats if stats.num_running + stats.num_waiting >= 2 and stats.num_free_blocks < stats.num_total_blocks else None
 
-    stats = await _wait_for(busy, 60, "the replica to report its running batch")
+    stats = await wait_for(busy, 60, "the replica to report its running batch")
     assert stats.health == Health.HEALTHY
     assert stats.kv_usage_frac > 0
     await asyncio.gather(*streams)
@@ -81,7 +71,7 @@ async def test_disconnected_consumer_aborts_on_replica(client):
         stats = await replica.stats(5.0)
         return stats.num_running == 0 and stats.num_waiting == 0
 
-    await _wait_for(idle, 30, "the abandoned request to be aborted")
+    await wait_for(idle, 30, "the abandoned request to be aborted")
 
 
 async def test_stream_survives_the_death_of_its_decode_replica(controller, oracle):
@@ -129,19 +119,19 @@ async def test_stream_survives_the_death_of_its_decode_replica(controller, oracl
     assert deltas[-1].finish_reason == "length"
     await resilient.close()
     await strict.close()
-    await _wait_for(lambda: _serving_ids(controller, "decode"), 240, "the decode pool to recover")
+    await wait_for(lambda: serving_ids(controller, "decode"), 240, "the decode pool to recover")
 
 
 async def test_killed_replica_is_replaced(client, controller, oracle):
-    [old_id] = await _serving_ids(controller, "decode")
+    [old_id] = await serving_ids(controller, "decode")
     table = await controller.routing_table.remote()
     ray.kill(table.actors[old_id])
 
     async def replaced():
-        ids = await _serving_ids(controller, "decode")
+        ids = await serving_ids(controller, "decode")
         return ids if ids and old_id not in ids else None
 
-    [new_id] = await _wait_for(replaced, 240, "a new decode replica")
+    [new_id] = await wait_for(replaced, 240, "a new decode replica")
     events = await controller.events.remote()
     assert any(e.kind == "replace" and e.replica == old_id and e.reason == "actor_died" for e in events), events
 
@@ -156,7 +146,7 @@ async def test_killed_replica_is_replaced(client, controller, oracle):
 async def test_engine_death_is_detected_and_not_hung_on(client, controller):
     """Killing a replica's engine process ends its in-flight stream with an error (no hang),
     the replica reports itself dead and the controller replaces it."""
-    [old_id] = await _serving_ids(controller, "colocated")
+    [old_id] = await serving_ids(controller, "colocated")
     table = await controller.routing_table.remote()
     replica = client.choose(Role.COLOCATED, 50)
     stream = asyncio.create_task(collect(replica.stream(greedy_request(prompt_of(50, seed=930), max_tokens=1500))))
@@ -167,10 +157,10 @@ async def test_engine_death_is_detected_and_not_hung_on(client, controller):
         await asyncio.wait_for(stream, 60)
 
     async def replaced():
-        ids = await _serving_ids(controller, "colocated")
+        ids = await serving_ids(controller, "colocated")
         return ids if ids and old_id not in ids else None
 
-    await _wait_for(replaced, 240, "a new colocated replica")
+    await wait_for(replaced, 240, "a new colocated replica")
     events = await controller.events.remote()
     assert any(e.kind == "replace" and e.replica == old_id and e.reason == "engine_dead" for e in events), events
 
@@ -187,12 +177,12 @@ async def test_controller_crash_loses_no_replica(client, controller, oracle):
     async def back():
         try:
             snapshot = await asyncio.wait_for(controller.snapshot.remote(), 5)
-        except (ray.exceptions.RayError, asyncio.TimeoutError):
+        except (TimeoutError, ray.exceptions.RayError):
             return None
         ready = snapshot.pools and all(len(p.serving) >= p.target_size for p in snapshot.pools)
         return snapshot if ready else None
 
-    await _wait_for(back, 120, "the restarted controller to adopt the replicas")
+    await wait_for(back, 120, "the restarted controller to adopt the replicas")
     after = await controller.routing_table.remote()
     assert sorted(after.actors) == sorted(before.actors)
     events = await controller.events.remote()
