@@ -43,6 +43,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     if args.model:
         config = config.model_copy(update={"engine": config.engine.model_copy(update={"model": args.model})})
+    if args.port:
+        config = config.model_copy(update={"serve": config.serve.model_copy(update={"port": args.port})})
     address = args.address
     started_ray = False
     if args.detach and address is None:
@@ -65,10 +67,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     snapshot = launcher.wait_ready(controller, config.controller.start_timeout_s, progress)
     print(format_snapshot(snapshot))
+    print("starting the OpenAI-compatible ingress (Ray Serve) ...", flush=True)
+    from orchestrator.models import resolve_model
+    from orchestrator.serve_app import deploy
+
+    endpoint = deploy(config, str(resolve_model(config.engine.model)))
+    launcher.LaunchRecord(config.name, address or "local", started_ray, endpoint).save()
+    print(f"\nOpenAI API at {endpoint}/v1  (model {config.engine.served_model_name!r})")
+    print(example_curl(endpoint, config))
     if args.detach:
-        print(f"cluster {config.name!r} is up; `tide status` shows it, `tide down` stops it")
+        print(f"\ncluster {config.name!r} is up; `tide status` shows it, `tide down` stops it", flush=True)
         return 0
-    print("serving; Ctrl-C stops the cluster", flush=True)
+    print("\nserving; Ctrl-C stops the cluster", flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
@@ -76,11 +86,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nstopping ...")
         try:
+            from ray import serve
+
+            serve.shutdown()
             ray.get(controller.stop.remote(), timeout=60)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
             print(f"tide: the cluster did not stop cleanly: {exc}", file=sys.stderr)
         launcher.LaunchRecord.remove(config.name)
     return 0
+
+
+def example_curl(endpoint: str, config) -> str:
+    auth = f" \\\n  -H 'Authorization: Bearer {config.serve.api_keys[0]}'" if config.serve.api_keys else ""
+    body = f'{{"model": "{config.engine.served_model_name}", "prompt": "Hello, Tide", "max_tokens": 16}}'
+    return (f"try:\n  curl {endpoint}/v1/completions -H 'Content-Type: application/json'{auth} \\\n"
+            f"  -d '{body}'")
 
 
 def _interrupt(signum, frame) -> None:
@@ -99,6 +119,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"tide: no cluster {args.cluster!r} on this Ray cluster", file=sys.stderr)
         return 1
     print(format_snapshot(ray.get(controller.snapshot.remote())))
+    record = launcher.LaunchRecord.load(args.cluster)
+    if record is not None and record.endpoint:
+        print(f"OpenAI API at {record.endpoint}/v1")
     return 0
 
 
@@ -109,6 +132,13 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     record = launcher.LaunchRecord.load(args.cluster)
     launcher.connect(args.address, args.cluster)
+    from ray import serve
+
+    try:
+        serve.delete(args.cluster)
+        print(f"ingress {args.cluster!r} stopped")
+    except Exception:  # noqa: BLE001 - Serve not running or the app gone: nothing to stop
+        pass
     try:
         controller = launcher.find_controller(args.cluster)
         ray.get(controller.stop.remote())
@@ -141,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="cluster YAML (default: tiny model, 1 prefill + 1 decode, shm medium)")
     up.add_argument("--model", help="Hugging Face model directory or built-in size (tiny, small); overrides the config")
     up.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    up.add_argument("--port", type=int, help="HTTP port of the OpenAI API (default 8000); overrides the config")
     up.add_argument("--detach", action="store_true", help="return once ready; the cluster keeps running")
     up.set_defaults(func=cmd_up)
 

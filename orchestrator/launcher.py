@@ -31,6 +31,7 @@ class LaunchRecord:
     cluster: str
     address: str
     started_ray: bool
+    endpoint: str | None = None
 
     def save(self, state_dir: Path = STATE_DIR) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)

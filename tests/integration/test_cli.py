@@ -3,8 +3,12 @@ test cluster."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +59,42 @@ def test_status_of_an_unknown_cluster_says_so(controller):
     result = tide("status", "--cluster", "nosuchcluster")
     assert result.returncode == 1
     assert "no cluster 'nosuchcluster'" in result.stderr
+
+
+CLI_CLUSTER_YAML = """
+name: clitest
+engine: {model: tiny, kv_cache_bytes: 67108864, cpu_threads_bind: nobind}
+pools:
+  - {name: colocated, role: colocated, num_replicas: 1}
+serve: {port: 8331}
+"""
+
+
+@pytest.mark.engine
+def test_up_serves_the_printed_endpoint_and_stops_on_interrupt(tmp_path, tiny_model):
+    """`tide up` on its own local Ray: progress, the endpoint and a curl that works, and a
+    clean stop on Ctrl-C."""
+    config = tmp_path / "clitest.yaml"
+    config.write_text(CLI_CLUSTER_YAML)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    up = subprocess.Popen([*TIDE, "up", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not any(line.startswith("serving; Ctrl-C") for line in lines):
+            assert time.monotonic() < deadline and up.poll() is None, "".join(lines)
+            lines.append(up.stdout.readline())
+        output = "".join(lines)
+        assert "colocated 1/1" in output
+        assert "OpenAI API at http://127.0.0.1:8331/v1" in output
+        curl = output.split("try:\n", 1)[1].split("\n\n", 1)[0]
+        answer = subprocess.run(["bash", "-c", curl + " --fail --silent --show-error"], capture_output=True,
+                                text=True, timeout=60)
+        assert answer.returncode == 0, answer.stderr
+        assert json.loads(answer.stdout)["usage"]["completion_tokens"] == 16
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=120)
+    assert up.returncode == 0, rest
+    assert "stopping" in rest and "Traceback" not in rest
