@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,12 +36,28 @@ from policies.snapshot import Role
 
 RESULTS = Path(__file__).parent / "results" / "openai_vs_vllm.json"
 METRICS = ("request_throughput", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
-           "p99_tpot_ms", "median_itl_ms", "completed")
+           "p99_tpot_ms", "median_itl_ms", "completed", "idle_one_token_latency_ms")
 PORTS = {"vllm": 8401, "tide-colocated": 8402, "tide-1p1d": 8403}
 
 
+def idle_latency_ms(base_url: str, served_model_name: str, prompt_words: int, num_requests: int = 20) -> float:
+    """Median latency of one-token completions sent one at a time: the fixed cost of the
+    path with no load."""
+    body = {"model": served_model_name, "prompt": "hello " * prompt_words, "max_tokens": 1, "temperature": 0}
+    latencies = []
+    with httpx.Client(timeout=60) as http:
+        for i in range(num_requests + 3):
+            started = time.perf_counter()
+            http.post(f"{base_url}/v1/completions", json=body).raise_for_status()
+            if i >= 3:  # the first few warm caches
+                latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies) * 1000
+
+
 def run_benchmark_client(label: str, base_url: str, args: argparse.Namespace, model_path: str, out_dir: Path) -> dict:
-    """vLLM's benchmark client, unmodified, in its own process."""
+    """An idle-latency probe, then vLLM's benchmark client, unmodified, in its own process."""
+    idle_ms = idle_latency_ms(base_url, args.served_model_name, args.input_len)
+    print(f"[{label}] idle one-token latency {idle_ms:.1f} ms", flush=True)
     code = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
             "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
             "p = P(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
@@ -55,7 +72,7 @@ def run_benchmark_client(label: str, base_url: str, args: argparse.Namespace, mo
     ]
     print(f"[{label}] vllm.benchmarks.serve: {args.num_prompts} prompts at {args.request_rate} req/s", flush=True)
     subprocess.run(argv, check=True)
-    return json.loads((out_dir / f"{label}.json").read_text())
+    return {**json.loads((out_dir / f"{label}.json").read_text()), "idle_one_token_latency_ms": idle_ms}
 
 
 def wait_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:

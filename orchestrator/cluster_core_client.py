@@ -16,7 +16,12 @@ import time
 from collections.abc import Callable, Iterable
 
 from vllm import SamplingParams
-from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, FinishReason
+from vllm.v1.engine import (
+    EngineCoreOutput,
+    EngineCoreOutputs,
+    EngineCoreRequest,
+    FinishReason,
+)
 
 from actors.messages import TokenDelta, TokenRequest
 from orchestrator.logprob_rows import prompt_logprob_tensors, sample_logprob_lists
@@ -82,7 +87,7 @@ class ClusterCoreClient:
                 first = False
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure reaches the request's caller
+        except Exception as exc:
             logger.info("request %s failed: %s: %s", request.request_id, type(exc).__name__, exc)
             self._on_request_error(request.request_id, exc)
         finally:

@@ -73,3 +73,12 @@ def test_good_request_after_bad_ones(openai_urls):
     answer = _post(openai_urls[DataPath.DISAGGREGATED], COMPLETIONS,
                    {"model": MODEL, "prompt": "still serving", "max_tokens": 5, "temperature": 0})
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize("method,route", [
+    ("POST", "/scale_elastic_ep"), ("POST", "/inference/v1/abort_requests"), ("POST", "/pause"),
+    ("POST", "/sleep"), ("POST", "/reset_prefix_cache"), ("POST", "/collective_rpc"),
+    ("POST", "/start_profile"), ("POST", "/v1/load_lora_adapter"),
+])
+def test_control_routes_are_not_on_the_public_port(method, route, openai_urls):
+    assert httpx.request(method, openai_urls[DataPath.DISAGGREGATED] + route, json={}, timeout=30).status_code == 404

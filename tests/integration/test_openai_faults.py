@@ -11,8 +11,11 @@ import openai
 import pytest
 import ray
 
+from orchestrator.config import ServeSettings
+from orchestrator.openai_app import build_openai_app, server_args
 from orchestrator.replica_handle import ReplicaHandle
-from policies.routing import DataPath
+from orchestrator.token_client import TokenClient
+from policies.routing import DataPath, LoadAwareRouter
 from policies.snapshot import Role
 from tests.integration.helpers import serving_ids, wait_for
 
@@ -47,12 +50,32 @@ async def test_client_disconnect_aborts_on_the_replica(openai_urls, controller):
     await wait_for(idle, 20, "the disconnected request to be aborted on its replica")
 
 
+@pytest.fixture
+async def no_replay_app(controller, cluster_config, tiny_model):
+    """The OpenAI app, in-process, with no replay budget: a replica death fails the request."""
+    settings = ServeSettings(max_replays=0, data_path=DataPath.DISAGGREGATED, retry_after_s=2)
+    tokens = TokenClient(controller, LoadAwareRouter(), cluster_config.engine.block_size,
+                         max_replays=settings.max_replays, data_path=settings.data_path)
+    await tokens.start()
+    app = await build_openai_app(server_args(cluster_config.engine_spec(tiny_model), settings), tokens,
+                                 settings.retry_after_s)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://tide", timeout=120) as http:
+        yield http
+    await tokens.close()
+
+
 @pytest.mark.disruptive
-async def test_stream_survives_the_death_of_its_decode_replica(openai_urls, controller, oracle, reference_url):
+async def test_stream_survives_the_death_of_its_decode_replica(
+    openai_urls, controller, oracle, reference_url, no_replay_app
+):
+    """Two requests decode on the replica that is killed: the one with a replay budget
+    (through Ray Serve) streams on, the one without gets a retriable 503."""
     request = dict(model=MODEL, prompt="A long story about replicas:", max_tokens=160, temperature=0,
                    extra_body={"ignore_eos": True, "return_token_ids": True})
     client = openai.AsyncOpenAI(base_url=f"{openai_urls[DataPath.DISAGGREGATED]}/v1", api_key="unused", max_retries=0)
     decode = await _replica(controller, Role.DECODE)
+    doomed = asyncio.create_task(no_replay_app.post("/v1/completions", json={
+        "model": MODEL, "prompt": "no second chances", "max_tokens": 1500, "temperature": 0, "ignore_eos": True}))
     text, token_ids, prompt_ids, usage, finish = "", [], None, None, None
     killed = False
     stream = await client.completions.create(**request, stream=True, stream_options={"include_usage": True})
@@ -65,10 +88,13 @@ async def test_stream_survives_the_death_of_its_decode_replica(openai_urls, cont
             prompt_ids = choice.prompt_token_ids or prompt_ids
             finish = choice.finish_reason or finish
         if len(token_ids) >= 20 and not killed:
-            assert (await decode.stats(5.0)).num_running == 1, "the stream is decoding on the decode replica"
+            assert (await decode.stats(5.0)).num_running == 2, "both requests are decoding on the decode replica"
             decode.kill()
             killed = True
     assert killed
+    failed = await doomed
+    assert failed.status_code == 503 and failed.headers["retry-after"] == "2"
+    assert "retry" in failed.json()["error"]["message"]
     assert token_ids == await oracle.greedy.remote(prompt_ids, 160)
     reference = openai.OpenAI(base_url=f"{reference_url}/v1", api_key="unused").completions.create(**request)
     assert text == reference.choices[0].text
@@ -86,14 +112,14 @@ async def test_ingress_serves_while_the_controller_is_down(openai_urls, controll
         assert answer.usage.completion_tokens == 4
         try:
             await asyncio.wait_for(controller.snapshot.remote(), 0.2)
-        except (ray.exceptions.RayError, asyncio.TimeoutError):
+        except (TimeoutError, ray.exceptions.RayError):
             served_while_down += 1
     assert served_while_down >= 1
 
     async def back():
         try:
             snapshot = await asyncio.wait_for(controller.snapshot.remote(), 5)
-        except (ray.exceptions.RayError, asyncio.TimeoutError):
+        except (TimeoutError, ray.exceptions.RayError):
             return False
         return all(len(p.serving) >= p.target_size for p in snapshot.pools)
 
