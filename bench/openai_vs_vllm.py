@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from pathlib import Path
 import httpx
 import ray
 
+from bench.vllm_server import vllm_server
 from orchestrator import launcher
 from orchestrator.config import ClusterConfig, EngineConfig, PoolConfig, ServeSettings
 from orchestrator.models import resolve_model
@@ -75,46 +74,10 @@ def run_benchmark_client(label: str, base_url: str, args: argparse.Namespace, mo
     return {**json.loads((out_dir / f"{label}.json").read_text()), "idle_one_token_latency_ms": idle_ms}
 
 
-def wait_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(url)
-
-
-def engine_env(engine: EngineConfig) -> dict[str, str]:
-    """The environment Tide gives its replicas' engines, for vLLM's server too."""
-    return {"VLLM_CPU_OMP_THREADS_BIND": engine.cpu_threads_bind} if engine.cpu_threads_bind else {}
-
-
 def run_vllm_server(engine: EngineConfig, model_path: str, args, out_dir: Path) -> dict:
-    port = PORTS["vllm"]
-    argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-        "--served-model-name", engine.served_model_name, "--dtype", engine.dtype,
-        "--max-model-len", str(engine.max_model_len), "--block-size", str(engine.block_size),
-        "--max-num-seqs", str(engine.max_num_seqs), "--max-num-batched-tokens", str(engine.max_num_batched_tokens),
-        "--kv-cache-memory-bytes", str(engine.kv_cache_bytes), "--seed", str(engine.seed), "--enforce-eager",
-        "--port", str(port), "--host", "127.0.0.1",
-    ]
     print("[vllm] starting vLLM's OpenAI server ...", flush=True)
-    log = open(out_dir / "vllm-server.log", "w")
-    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                              env={**os.environ, **engine_env(engine)})
-    try:
-        wait_ok(f"http://127.0.0.1:{port}/health", 600, server)
-        return run_benchmark_client("vllm", f"http://127.0.0.1:{port}", args, model_path, out_dir)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-        log.close()
+    with vllm_server(engine, model_path, PORTS["vllm"], out_dir / "vllm-server.log") as url:
+        return run_benchmark_client("vllm", url, args, model_path, out_dir)
 
 
 def run_tide(label: str, engine: EngineConfig, pools: tuple[PoolConfig, ...], model_path: str, args, out_dir: Path) -> dict:

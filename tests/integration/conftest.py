@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from bench.vllm_server import vllm_server, wait_http_ok
 from orchestrator.config import ServeSettings
 from orchestrator.token_client import TokenClient
 from policies.routing import DataPath, LoadAwareRouter
@@ -53,33 +48,6 @@ def openai_urls(engines, cluster_config, tiny_model) -> dict[DataPath, str]:
 def reference_url(tiny_model, cluster_config):
     """vLLM's own OpenAI server on the same model and engine arguments: what Tide's
     answers must equal."""
-    e = cluster_config.engine
-    argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model,
-        "--served-model-name", e.served_model_name, "--dtype", e.dtype, "--max-model-len", str(e.max_model_len),
-        "--block-size", str(e.block_size), "--seed", str(e.seed), "--enforce-eager",
-        "--kv-cache-memory-bytes", str(e.kv_cache_bytes), "--host", "127.0.0.1", "--port", str(REFERENCE_PORT),
-    ]
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    with open(Path(tempfile.gettempdir()) / "tide-reference-server.log", "w") as log:
-        server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_http_ok(f"http://127.0.0.1:{REFERENCE_PORT}/health", 300, server)
-            yield f"http://127.0.0.1:{REFERENCE_PORT}"
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(60)
-
-
-def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.args[:3]} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
+    log_path = Path(tempfile.gettempdir()) / "tide-reference-server.log"
+    with vllm_server(cluster_config.engine, tiny_model, REFERENCE_PORT, log_path) as url:
+        yield url
