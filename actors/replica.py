@@ -22,13 +22,17 @@ from vllm import SamplingParams
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from actors.engine_load import EngineLoad
+from actors.engine_metrics import SeriesIdentity, engine_stat_logger
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.layout import sweep_staged_kv
 from actors.kv.medium import KVHandle, MediumKind, StagedExport, TransferError, TransferMedium
 from actors.kv.registry import MEDIUMS, make_medium
 from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM
+from actors.outbox import ChannelItem, Outbox, RequestError
+from actors.transfer_metrics import TransferMetrics
 from actors.messages import PrefillResult, ReplicaInfo, RequestTimings, TokenDelta, TokenRequest, TransferRecord
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
 
@@ -55,6 +59,10 @@ class ReplicaActor:
         self._draining = False
         self._info: ReplicaInfo | None = None
         self._janitor: asyncio.Task | None = None
+        self._identity = SeriesIdentity(replica_id, pool, role.value)
+        self._transfer_metrics: TransferMetrics | None = None
+        self._outboxes: dict[str, Outbox] = {}
+        self._pumps: set[asyncio.Task] = set()
 
     # ---- lifecycle ----
     async def start(self) -> ReplicaInfo:
@@ -62,8 +70,10 @@ class ReplicaActor:
             return self._info
         os.environ.update(self.spec.process_env())
         self._engine = AsyncLLM.from_engine_args(
-            self.spec.engine_args(), stat_loggers=[self._load.stat_logger_factory()]
+            self.spec.engine_args(),
+            stat_loggers=[self._load.stat_logger_factory(), engine_stat_logger(self._identity)],
         )
+        self._transfer_metrics = TransferMetrics(self._identity)
         node_id = ray.get_runtime_context().get_node_id()
         for kind in MEDIUMS:
             self._mediums[kind] = make_medium(
@@ -126,6 +136,36 @@ class ReplicaActor:
         kv_params = await self._import_params(request.kv_handle, request.on_transfer_failure or self.spec.on_transfer_failure)
         async for delta in self._run(request, self._delta_sampling(request.sampling), kv_params):
             yield delta
+
+    async def open_channel(self, channel_id: str) -> AsyncIterator[list[ChannelItem]]:
+        """The subscriber's stream of batched deltas for the requests it `submit`s with
+        `channel_id` (see actors/outbox.py). Closing it aborts the requests still running."""
+        outbox = self._outboxes.setdefault(channel_id, Outbox())
+        try:
+            while True:
+                yield await outbox.take()
+        finally:
+            self._outboxes.pop(channel_id, None)
+            for request_id in list(outbox.request_ids):
+                await self.abort(request_id)
+
+    def submit(self, request: TokenRequest, channel_id: str) -> None:
+        """Starts `request`; its deltas, or its error, go to the channel `channel_id`."""
+        outbox = self._outboxes.setdefault(channel_id, Outbox())
+        outbox.request_ids.add(request.request_id)
+        pump = asyncio.create_task(self._pump(request, outbox))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, request: TokenRequest, outbox: Outbox) -> None:
+        try:
+            async for delta in self.generate(request):
+                outbox.put(delta)
+        except Exception as exc:  # noqa: BLE001 - every error goes to the subscriber
+            replica_failed = isinstance(exc, (EngineDeadError, EngineGenerateError, ReplicaNotStarted))
+            outbox.put(RequestError(request.request_id, f"{type(exc).__name__}: {exc}", replica_failed))
+        finally:
+            outbox.request_ids.discard(request.request_id)
 
     async def prefill(self, request: TokenRequest, medium: MediumKind | None = None) -> PrefillResult:
         """Computes the prompt and the first token, stages the prompt's KV and publishes it."""
@@ -229,6 +269,8 @@ class ReplicaActor:
             self._mediums[handle.medium].discard(handle)
             if on_failure == TransferFailurePolicy.FAIL:
                 raise KVTransferFailed(f"KV transfer over {handle.medium.value} failed: {exc}") from exc
+            if self._transfer_metrics is not None:
+                self._transfer_metrics.recomputed(handle.medium.value)
             return None
         self._record(handle.medium, "fetch", handle.num_bytes, started)
         return {IMPORT_PARAM: {"path": str(path), "num_tokens": handle.num_tokens}}
@@ -251,7 +293,10 @@ class ReplicaActor:
 
     def _record(self, kind: MediumKind, direction: str, num_bytes: int, started: float, error: str | None = None) -> None:
         seconds = time.perf_counter() - started
-        self._transfers.append(TransferRecord(kind.value, direction, num_bytes, seconds, error is None, error))
+        record = TransferRecord(kind.value, direction, num_bytes, seconds, error is None, error)
+        self._transfers.append(record)
+        if self._transfer_metrics is not None:
+            self._transfer_metrics.record(record)
 
 
 def _timings(output: RequestOutput, intervals: list[float]) -> RequestTimings:

@@ -107,21 +107,24 @@ def main() -> None:
     parser.add_argument("--request-rate", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kv-cache-mb", type=int, default=256)
+    parser.add_argument("--only", nargs="+", choices=tuple(PORTS), default=tuple(PORTS),
+                        help="run a subset (ratios need vllm)")
     args = parser.parse_args()
 
     model_path = str(resolve_model(args.model))
     engine = EngineConfig(model=model_path, served_model_name=args.served_model_name,
                           kv_cache_bytes=args.kv_cache_mb << 20, cpu_threads_bind="nobind")
     out_dir = Path(tempfile.mkdtemp(prefix="tide-bench-"))
-    results = {
-        "vllm": run_vllm_server(engine, model_path, args, out_dir),
-        "tide-colocated": run_tide("tide-colocated", engine, (PoolConfig(name="colocated", role=Role.COLOCATED),),
-                                   model_path, args, out_dir),
-        "tide-1p1d": run_tide("tide-1p1d", engine, (PoolConfig(name="prefill", role=Role.PREFILL),
-                                                    PoolConfig(name="decode", role=Role.DECODE)),
-                              model_path, args, out_dir),
+    runs = {
+        "vllm": lambda: run_vllm_server(engine, model_path, args, out_dir),
+        "tide-colocated": lambda: run_tide("tide-colocated", engine, (PoolConfig(name="colocated", role=Role.COLOCATED),),
+                                           model_path, args, out_dir),
+        "tide-1p1d": lambda: run_tide("tide-1p1d", engine, (PoolConfig(name="prefill", role=Role.PREFILL),
+                                                            PoolConfig(name="decode", role=Role.DECODE)),
+                                      model_path, args, out_dir),
     }
-    baseline = results["vllm"]
+    results = {label: run() for label, run in runs.items() if label in args.only}
+    baseline = results.get("vllm")
     rows = {}
     print(f"\n{'':<16}" + "".join(f"{m:>20}" for m in METRICS))
     for label, result in results.items():
@@ -130,10 +133,12 @@ def main() -> None:
     ratios = {label: {"throughput_ratio": r["output_throughput"] / baseline["output_throughput"],
                       "median_ttft_ratio": r["median_ttft_ms"] / baseline["median_ttft_ms"],
                       "median_tpot_ratio": r["median_tpot_ms"] / baseline["median_tpot_ms"]}
-              for label, r in results.items() if label != "vllm"}
+              for label, r in results.items() if label != "vllm"} if baseline else {}
     for label, ratio in ratios.items():
         print(f"{label}: throughput {ratio['throughput_ratio']:.3f}x, median TTFT {ratio['median_ttft_ratio']:.3f}x, "
               f"median TPOT {ratio['median_tpot_ratio']:.3f}x of vLLM's server")
+    if set(results) != set(PORTS):
+        return  # a partial run does not replace the recorded results
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"args": vars(args), "metrics": rows, "ratios": ratios,
                                    "command": "python -m bench." + Path(__file__).stem + " " + " ".join(sys.argv[1:])},

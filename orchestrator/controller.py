@@ -23,6 +23,7 @@ from ray.actor import ActorHandle
 
 from actors.messages import ReplicaInfo
 from orchestrator.config import ClusterConfig
+from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
 from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
@@ -63,6 +64,7 @@ class ControllerActor:
         self._snapshot = ClusterSnapshot(version=0, taken_at_s=time.time())
         self._events: deque[ControllerEvent] = deque(maxlen=2048)
         self._loop: asyncio.Task | None = None
+        self._metrics = ControllerMetrics(config.name)
         self.num_ticks = 0
         self.num_tick_errors = 0
         self.last_tick_s = 0.0
@@ -118,18 +120,22 @@ class ControllerActor:
     async def _run_loop(self) -> None:
         while True:
             started = time.perf_counter()
+            failed = False
             try:
                 await self._tick()
             except Exception:  # noqa: BLE001 - the loop never dies; the error is counted
+                failed = True
                 self.num_tick_errors += 1
                 logger.exception("controller tick failed")
             self.num_ticks += 1
             self.last_tick_s = time.perf_counter() - started
+            self._metrics.record_tick(self.last_tick_s, failed)
             await asyncio.sleep(max(0.0, self.config.controller.tick_s - self.last_tick_s))
 
     async def _tick(self) -> None:
         await self._observe()
         self._snapshot = self._build_snapshot()
+        self._metrics.record_snapshot(self._snapshot)
         in_flight = InFlight(frozenset(self._replacing), tuple(sorted(self._starting.items())))
         for action in decide_repairs(self._snapshot, in_flight):
             self._act(action)
@@ -236,6 +242,7 @@ class ControllerActor:
             duration_s=time.perf_counter() - started, at_s=time.time(),
         )
         self._events.append(event)
+        self._metrics.record_event(event)
         logger.info("controller event %s", event)
 
     # ---- restart: adopt what is already running ----

@@ -27,6 +27,7 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenDelta, TokenRequest
 from orchestrator.controller import RoutingTable
+from orchestrator.delta_channel import DeltaChannels, ReplicaRequestError
 from orchestrator.replica_handle import ReplicaHandle
 from policies.routing import DataPath, NoReplicaAvailable, RequestDemand, Router, RouterState
 from policies.snapshot import RequestId, Role
@@ -52,6 +53,7 @@ class TokenClient:
         self._table: RoutingTable | None = None
         self._router_state = RouterState()
         self._refresher: asyncio.Task | None = None
+        self._channels = DeltaChannels()
         self.max_replays = max_replays
         self.replica_wait_s = replica_wait_s
         self.data_path = data_path
@@ -65,6 +67,7 @@ class TokenClient:
     async def close(self) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
+        self._channels.close()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -162,7 +165,7 @@ class TokenClient:
 
     async def _stream_on(self, replica: ReplicaHandle, request: TokenRequest, attempt: _Attempt) -> AsyncIterator[TokenDelta]:
         attempt.replica_id = replica.replica_id
-        async for delta in replica.stream(request):
+        async for delta in self._channels.get(replica.replica_id, replica.actor).stream(request):
             yield delta
 
     async def _choose_any(self, roles: tuple[Role, ...], num_prompt_tokens: int, avoid: frozenset[str]) -> ReplicaHandle:
@@ -181,7 +184,7 @@ class TokenClient:
 
     async def generate_colocated(self, request: TokenRequest) -> AsyncIterator[TokenDelta]:
         replica = self.choose(Role.COLOCATED, len(request.prompt_token_ids))
-        async for delta in replica.stream(request):
+        async for delta in self._stream_on(replica, request, _Attempt()):
             yield delta
 
     async def generate_disaggregated(
@@ -206,6 +209,8 @@ def is_replica_failure(exc: BaseException) -> bool:
     """The replica (actor or engine) died, as opposed to the request being at fault."""
     if isinstance(exc, ray.exceptions.RayActorError):
         return True
+    if isinstance(exc, ReplicaRequestError):
+        return exc.replica_failed
     if isinstance(exc, ray.exceptions.RayTaskError):
         return isinstance(exc.cause, (EngineDeadError, EngineGenerateError, ray.exceptions.RayActorError))
     return False
