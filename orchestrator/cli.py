@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from orchestrator.config import ClusterConfig
 from orchestrator.model_builder import ModelSize, build_model, directory_digest
 from orchestrator.models import DEFAULT_MODEL_ROOT
+from orchestrator.prometheus_runner import PrometheusSettings
 from orchestrator.status import format_snapshot
 
 
@@ -72,7 +73,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     from orchestrator.serve_app import deploy
 
     endpoint = deploy(config, str(resolve_model(config.engine.model)))
-    launcher.LaunchRecord(config.name, address or "local", started_ray, endpoint).save()
+    prometheus = _start_prometheus(config.name, args.prometheus_port) if args.prometheus else None
+    launcher.LaunchRecord(config.name, address or "local", started_ray, endpoint,
+                          prometheus_url=prometheus and PrometheusSettings(port=args.prometheus_port).url,
+                          prometheus_pid=prometheus and prometheus.pid).save()
+    if prometheus is not None:
+        print(f"\nPrometheus at {PrometheusSettings(port=args.prometheus_port).url} (scraping this Ray cluster); "
+              f"Grafana dashboards: python -m dashboards.push --grafana-url URL")
     print(f"\nOpenAI API at {endpoint}/v1  (model {config.engine.served_model_name!r})")
     print(example_curl(endpoint, config))
     if args.detach:
@@ -92,8 +99,23 @@ def cmd_up(args: argparse.Namespace) -> int:
             ray.get(controller.stop.remote(), timeout=60)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
             print(f"tide: the cluster did not stop cleanly: {exc}", file=sys.stderr)
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
         launcher.LaunchRecord.remove(config.name)
     return 0
+
+
+def _start_prometheus(cluster: str, port: int):
+    from orchestrator.models import DEFAULT_MODEL_ROOT
+    from orchestrator.prometheus_runner import PrometheusUnavailable, ray_metrics_targets, start_prometheus
+
+    data_dir = DEFAULT_MODEL_ROOT.parent / "prometheus" / cluster
+    print(f"starting Prometheus on port {port} (data in {data_dir}) ...", flush=True)
+    try:
+        return start_prometheus(ray_metrics_targets(), PrometheusSettings(port=port), data_dir)
+    except PrometheusUnavailable as exc:
+        raise SystemExit(f"tide: {exc}") from None
 
 
 def example_curl(endpoint: str, config) -> str:
@@ -122,6 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     record = launcher.LaunchRecord.load(args.cluster)
     if record is not None and record.endpoint:
         print(f"OpenAI API at {record.endpoint}/v1")
+    if record is not None and record.prometheus_url:
+        print(f"Prometheus at {record.prometheus_url}")
     return 0
 
 
@@ -147,6 +171,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"no cluster {args.cluster!r} running")
     ray.shutdown()
+    if record is not None and record.prometheus_pid:
+        import os
+
+        try:
+            os.kill(record.prometheus_pid, signal.SIGTERM)
+            print("Prometheus stopped")
+        except ProcessLookupError:
+            pass
     if record is not None and record.started_ray:
         import subprocess
 
@@ -173,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     up.add_argument("--port", type=int, help="HTTP port of the OpenAI API (default 8000); overrides the config")
     up.add_argument("--detach", action="store_true", help="return once ready; the cluster keeps running")
+    up.add_argument("--prometheus", action="store_true",
+                    help="also start a local Prometheus (Debian's `prometheus`) scraping the cluster")
+    up.add_argument("--prometheus-port", type=int, default=PrometheusSettings.port)
     up.set_defaults(func=cmd_up)
 
     for name, func, text in (("status", cmd_status, "show pools, replicas, health and load"),

@@ -22,6 +22,7 @@ from vllm.v1.engine import (
     EngineCoreRequest,
     FinishReason,
 )
+from vllm.v1.metrics.stats import PrefillStats
 
 from actors.messages import TokenDelta, TokenRequest
 from orchestrator.logprob_rows import prompt_logprob_tensors, sample_logprob_lists
@@ -114,8 +115,14 @@ def core_output(
     prompt_logprobs = None
     if first and delta.prompt_logprobs and sampling is not None and sampling.prompt_logprobs is not None:
         prompt_logprobs = prompt_logprob_tensors(request.prompt_token_ids, delta.prompt_logprobs, sampling.prompt_logprobs)
+    prefill_stats = None
+    if first:
+        # What vLLM's frontend counts as the request's prompt tokens (and prefix-cache hits).
+        prefill_stats = PrefillStats()
+        prefill_stats.set(len(request.prompt_token_ids), min(delta.num_cached_tokens, len(request.prompt_token_ids)), 0)
     return EngineCoreOutput(
         request_id=request_id,
+        prefill_stats=prefill_stats,
         new_token_ids=list(delta.token_ids),
         new_logprobs=new_logprobs,
         new_prompt_logprobs_tensors=prompt_logprobs,

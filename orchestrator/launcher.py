@@ -32,6 +32,9 @@ class LaunchRecord:
     address: str
     started_ray: bool
     endpoint: str | None = None
+    # A local Prometheus `tide up --prometheus` started.
+    prometheus_url: str | None = None
+    prometheus_pid: int | None = None
 
     def save(self, state_dir: Path = STATE_DIR) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)

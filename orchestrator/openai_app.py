@@ -15,9 +15,11 @@ from vllm.entrypoints.launchers.app import build_app
 from vllm.entrypoints.launchers.cli_args import make_arg_parser
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+from actors.engine_metrics import SeriesIdentity, engine_stat_logger
 from actors.engine_spec import EngineSpec
 from orchestrator.config import ServeSettings
 from orchestrator.engine_client import ClusterEngineClient
+from orchestrator.ingress_metrics import HTTPMetrics, IngressMetrics
 from orchestrator.token_client import TokenClient
 
 # Everything else vLLM's server mounts (profiling, LoRA loading, elastic scaling, sleep,
@@ -51,12 +53,22 @@ def frontend_config(args: argparse.Namespace) -> VllmConfig:
     return AsyncEngineArgs.from_cli_args(args).create_engine_config()
 
 
-async def build_openai_app(args: argparse.Namespace, tokens: TokenClient, retry_after_s: int) -> FastAPI:
-    engine = ClusterEngineClient(frontend_config(args), tokens, log_stats=not args.disable_log_stats)
+async def build_openai_app(
+    args: argparse.Namespace, tokens: TokenClient, retry_after_s: int, ingress: str = "ingress"
+) -> FastAPI:
+    """`ingress` names this front door instance in its metrics. vLLM's frontend statistics
+    (TTFT, inter-token latency, end-to-end latency as the front door sees them) are
+    exported with role `ingress`."""
+    identity = SeriesIdentity(replica=ingress, pool="ingress", role="ingress")
+    engine = ClusterEngineClient(frontend_config(args), tokens, log_stats=not args.disable_log_stats,
+                                 stat_loggers=[engine_stat_logger(identity)])
+    metrics = IngressMetrics(ingress, PUBLIC_ROUTES)
+    tokens.on_replay = metrics.on_replay
     app = build_app(args, supported_tasks=("generate",), model_config=engine.model_config)
     app.router.routes[:] = [r for r in app.router.routes if _is_public(r)]
-    # vLLM's app has built its middleware stack already; the outermost layer goes around it.
-    app.middleware_stack = RetryAfter(app.middleware_stack or app.build_middleware_stack(), retry_after_s)
+    # vLLM's app has built its middleware stack already; the outer layers go around it.
+    inner = app.middleware_stack or app.build_middleware_stack()
+    app.middleware_stack = HTTPMetrics(RetryAfter(inner, retry_after_s), metrics)
     await init_app_state(engine, app.state, args, supported_tasks=("generate",))
     return app
 

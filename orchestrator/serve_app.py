@@ -45,7 +45,8 @@ class OpenAIIngress:
             data_path=config.serve.data_path,
         )
         await self.tokens.start()
-        return await build_openai_app(server_args(spec, config.serve), self.tokens, config.serve.retry_after_s)
+        ingress = serve.get_replica_context().replica_id.unique_id
+        return await build_openai_app(server_args(spec, config.serve), self.tokens, config.serve.retry_after_s, ingress)
 
     async def __del__(self):
         if self.tokens is not None:

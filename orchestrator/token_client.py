@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 import ray
@@ -59,6 +59,8 @@ class TokenClient:
         self.data_path = data_path
         self.num_refresh_failures = 0
         self.num_replays = 0
+        # Told the kind of failure each time a request is replayed (metrics).
+        self.on_replay: Callable[[str], None] = lambda reason: None
 
     async def start(self) -> None:
         self._table = await self._controller.routing_table.remote()
@@ -125,6 +127,7 @@ class TokenClient:
                     ) from exc
                 num_replays += 1
                 self.num_replays += 1
+                self.on_replay(replay_reason(exc))
                 if attempt.replica_id:
                     avoid.add(attempt.replica_id)
                 logger.warning("request %s: replica %s failed (%s); replaying after %d tokens",
@@ -214,6 +217,15 @@ def is_replica_failure(exc: BaseException) -> bool:
     if isinstance(exc, ray.exceptions.RayTaskError):
         return isinstance(exc.cause, (EngineDeadError, EngineGenerateError, ray.exceptions.RayActorError))
     return False
+
+
+def replay_reason(exc: BaseException) -> str:
+    """A bounded label for why a replica failed a request."""
+    if isinstance(exc, ray.exceptions.ActorDiedError):
+        return "actor_died"
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return "actor_unavailable"
+    return "engine_failed"
 
 
 def resumption(

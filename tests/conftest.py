@@ -35,7 +35,9 @@ def tiny_model() -> str:
 @pytest.fixture(scope="session")
 def ray_session():
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(namespace="tidetest", num_cpus=4, log_to_driver=False, include_dashboard=False)
+    # Metrics reach the node agents every second (Ray: 10 s), so the telemetry test is quick.
+    ray.init(namespace="tidetest", num_cpus=4, log_to_driver=False, include_dashboard=False,
+             _system_config={"metrics_report_interval_ms": 1000})
     yield
     ray.shutdown()
 

@@ -7,9 +7,16 @@ import random
 import time
 import uuid
 
+import dataclasses
+import os
+
+import ray
 from vllm import SamplingParams
 
+from actors.kv.medium import MediumKind
 from actors.messages import TokenRequest
+from orchestrator.token_client import continuation
+from policies.snapshot import Role
 
 MAX_TOKENS = 24
 
@@ -45,3 +52,30 @@ async def wait_for(predicate, timeout_s: float, what: str):
             return value
         await asyncio.sleep(0.25)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@ray.remote(num_cpus=0)
+def _stalled_transfer():
+    time.sleep(600)
+
+
+def break_handle(handle):
+    """Makes the published KV unavailable the way each medium loses it: the staged file
+    disappears, or the Ray object never arrives (a stalled transfer, cut by the timeout)."""
+    if handle.medium != MediumKind.RAY:
+        os.unlink(handle.path)
+        return handle
+    return dataclasses.replace(handle, object_ref=_stalled_transfer.remote())
+
+
+async def prefill_then_decode(client, request, medium, damage, on_failure=None):
+    prefill = client.choose(Role.PREFILL, len(request.prompt_token_ids))
+    result = await prefill.prefill(request, medium)
+    assert result.kv_handle is not None
+    handle = damage(result.kv_handle) or result.kv_handle
+    decode = client.choose(Role.DECODE, len(request.prompt_token_ids))
+    rest = continuation(request, result.first.token_ids, handle)
+    if on_failure is not None:
+        rest = dataclasses.replace(rest, on_transfer_failure=on_failure)
+    tokens, deltas = await collect(decode.stream(rest))
+    return result.first.token_ids + tokens, deltas, decode

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from orchestrator.model_builder import directory_digest
@@ -72,12 +73,12 @@ serve: {port: 8331}
 
 @pytest.mark.engine
 def test_up_serves_the_printed_endpoint_and_stops_on_interrupt(tmp_path, tiny_model):
-    """`tide up` on its own local Ray: progress, the endpoint and a curl that works, and a
-    clean stop on Ctrl-C."""
+    """`tide up --prometheus` on its own local Ray: progress, the endpoint and a curl that
+    works, a Prometheus that scrapes the cluster, and a clean stop of all of it on Ctrl-C."""
     config = tmp_path / "clitest.yaml"
     config.write_text(CLI_CLUSTER_YAML)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    up = subprocess.Popen([*TIDE, "up", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    up = subprocess.Popen([*TIDE, "up", "--config", str(config), "--prometheus", "--prometheus-port", "9392"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env)
     lines: list[str] = []
     try:
@@ -93,8 +94,23 @@ def test_up_serves_the_printed_endpoint_and_stops_on_interrupt(tmp_path, tiny_mo
                                 text=True, timeout=60)
         assert answer.returncode == 0, answer.stderr
         assert json.loads(answer.stdout)["usage"]["completion_tokens"] == 16
+        assert "Prometheus at http://127.0.0.1:9392" in output
+        deadline = time.monotonic() + 90
+        while not _prometheus_has("http://127.0.0.1:9392", 'ray_tide_pool_replicas{pool="colocated", health="healthy"}'):
+            assert time.monotonic() < deadline, "Prometheus never scraped the cluster's series"
+            time.sleep(1)
     finally:
         up.send_signal(signal.SIGINT)
         rest, _ = up.communicate(timeout=120)
     assert up.returncode == 0, rest
     assert "stopping" in rest and "Traceback" not in rest
+    with pytest.raises(httpx.ConnectError):
+        httpx.get("http://127.0.0.1:9392/-/ready", timeout=5)
+
+
+def _prometheus_has(url: str, expr: str) -> bool:
+    try:
+        answer = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5).json()
+    except httpx.HTTPError:
+        return False
+    return bool(answer["data"]["result"]) and answer["data"]["result"][0]["value"][1] == "1"

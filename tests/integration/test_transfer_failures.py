@@ -4,7 +4,6 @@ tokens) or, when asked, in a clear error; it never hangs and never gives wrong t
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -15,27 +14,12 @@ import ray
 from actors.engine_spec import TransferFailurePolicy
 from actors.kv.medium import MediumKind
 from actors.replica import KVTransferFailed
-from orchestrator.token_client import continuation
 from policies.snapshot import Role
-from tests.integration.helpers import MAX_TOKENS, collect, greedy_request, prompt_of
+from tests.integration.helpers import MAX_TOKENS, break_handle, greedy_request, prefill_then_decode, prompt_of
 
 pytestmark = pytest.mark.engine
 
 SEEDS = {MediumKind.SHARED_MEMORY: 41, MediumKind.RAY: 42, MediumKind.DISK: 43}
-
-
-@ray.remote(num_cpus=0)
-def _stalled_transfer():
-    time.sleep(600)
-
-
-def _break_handle(handle):
-    """Makes the published KV unavailable the way each medium loses it: the staged file
-    disappears, or the Ray object never arrives (a stalled transfer, cut by the timeout)."""
-    if handle.medium != MediumKind.RAY:
-        os.unlink(handle.path)
-        return handle
-    return dataclasses.replace(handle, object_ref=_stalled_transfer.remote())
 
 
 def _truncate(handle) -> None:
@@ -43,25 +27,12 @@ def _truncate(handle) -> None:
         f.truncate(os.path.getsize(handle.path) // 2)
 
 
-async def _prefill_then_decode(client, request, medium, damage, on_failure=None):
-    prefill = client.choose(Role.PREFILL, len(request.prompt_token_ids))
-    result = await prefill.prefill(request, medium)
-    assert result.kv_handle is not None
-    handle = damage(result.kv_handle) or result.kv_handle
-    decode = client.choose(Role.DECODE, len(request.prompt_token_ids))
-    rest = continuation(request, result.first.token_ids, handle)
-    if on_failure is not None:
-        rest = dataclasses.replace(rest, on_transfer_failure=on_failure)
-    tokens, deltas = await collect(decode.stream(rest))
-    return result.first.token_ids + tokens, deltas, decode
-
-
 @pytest.mark.parametrize("medium", [MediumKind.SHARED_MEMORY, MediumKind.RAY, MediumKind.DISK])
 async def test_lost_transfer_recomputes_with_correct_tokens(client, oracle, medium):
     # A prompt of its own per case, so no replica has it in its prefix cache.
     prompt = prompt_of(180, seed=SEEDS[medium])
     expected = await oracle.greedy.remote(prompt, MAX_TOKENS)
-    tokens, deltas, decode = await _prefill_then_decode(client, greedy_request(prompt), medium, _break_handle)
+    tokens, deltas, decode = await prefill_then_decode(client, greedy_request(prompt), medium, break_handle)
     assert tokens == expected
     assert deltas[0].num_cached_tokens == 0  # nothing was loaded: the prompt was recomputed
     records = await decode.take_transfer_records()
@@ -72,7 +43,7 @@ async def test_lost_transfer_recomputes_with_correct_tokens(client, oracle, medi
 async def test_truncated_staged_kv_is_rejected(client, oracle, medium):
     prompt = prompt_of(250, seed=SEEDS[medium] + 100)
     expected = await oracle.greedy.remote(prompt, MAX_TOKENS)
-    tokens, deltas, _ = await _prefill_then_decode(client, greedy_request(prompt), medium, _truncate)
+    tokens, deltas, _ = await prefill_then_decode(client, greedy_request(prompt), medium, _truncate)
     assert tokens == expected
     assert deltas[0].num_cached_tokens == 0
 
@@ -81,7 +52,7 @@ async def test_truncated_staged_kv_is_rejected(client, oracle, medium):
 async def test_lost_transfer_fails_clearly_when_configured(client, medium):
     request = greedy_request(prompt_of(120, seed=SEEDS[medium] + 200))
     with pytest.raises(ray.exceptions.RayTaskError) as info:
-        await _prefill_then_decode(client, request, medium, _break_handle, TransferFailurePolicy.FAIL)
+        await prefill_then_decode(client, request, medium, break_handle, TransferFailurePolicy.FAIL)
     assert isinstance(info.value.cause, KVTransferFailed)
     assert medium.value in str(info.value.cause)
 
@@ -98,7 +69,7 @@ async def test_zeroed_kv_changes_tokens(client, oracle):
             f.seek(4096)
             f.write(b"\0" * (size - 4096))
 
-    tokens, deltas, _ = await _prefill_then_decode(client, greedy_request(prompt), MediumKind.DISK, zero_data)
+    tokens, deltas, _ = await prefill_then_decode(client, greedy_request(prompt), MediumKind.DISK, zero_data)
     assert deltas[0].num_cached_tokens == 288
     assert tokens != expected
 

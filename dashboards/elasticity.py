@@ -1,0 +1,36 @@
+"""Elasticity: pool sizes and capacity, and every controller action (scale, replace,
+adopt) with its reason, outcome and duration."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard
+
+from dashboards.panels import RATE, graph, label_variable, new_dashboard, quantiles, query
+
+POOLS = 'pool=~"$pool"'
+
+
+def build() -> dashboard.Dashboard:
+    return (
+        new_dashboard("tide-elasticity", "Tide / Elasticity",
+                      "Pool sizes, KV capacity and controller actions.", replica_variables=False)
+        .with_variable(label_variable("pool", "ray_tide_pool_replicas", "pool"))
+        .with_row(dashboard.Row("Capacity"))
+        .with_panel(graph("Serving replicas vs target", "short", [
+            query(f'sum by (pool) (ray_tide_pool_replicas{{{POOLS}, health=~"healthy|draining"}})', "{{pool}} serving"),
+            query(f"sum by (pool) (ray_tide_pool_target_replicas{{{POOLS}}})", "{{pool}} target")]))
+        .with_panel(graph("KV capacity (blocks)", "short", [
+            query(f'sum by (pool) (ray_tide_pool_kv_blocks{{{POOLS}, state="total"}})', "{{pool}} total"),
+            query(f'sum by (pool) (ray_tide_pool_kv_blocks{{{POOLS}, state="free"}})', "{{pool}} free")]))
+        .with_row(dashboard.Row("Controller actions"))
+        .with_panel(graph("Actions by kind, reason and outcome", "short", [
+            query(f"sum by (kind, reason, outcome) (increase(ray_tide_controller_actions_total{{{POOLS}}}[{RATE}]))",
+                  "{{kind}} {{reason}} {{outcome}}")]))
+        .with_panel(graph("Action duration p90", "s",
+                          quantiles("ray_tide_controller_action_duration_seconds", POOLS, by="kind", qs=(0.9,))))
+        .with_panel(graph("Controller tick time", "s",
+                          quantiles("ray_tide_controller_tick_duration_seconds", "", qs=(0.5, 0.99))))
+        .with_panel(graph("Replica up", "short", [
+            query(f"ray_tide_replica_up{{{POOLS}}}", "{{replica}}")]))
+    )
+
