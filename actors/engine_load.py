@@ -33,6 +33,8 @@ class EngineLoad:
         self.kv_usage_frac = 0.0
         self._step_times_s: deque[float] = deque(maxlen=step_window)
         self._last_step_at_s: float | None = None
+        # Seconds the engine spent stepping with requests running (its utilization).
+        self.busy_s = 0.0
         self._admitted: dict[str, _Admitted] = {}
         # Cumulative KV connector copy statistics (exports/imports, bytes, seconds).
         self.connector_totals: dict[str, float] = empty_totals()
@@ -70,6 +72,7 @@ class EngineLoad:
                     self.connector_totals[key] += value
         if self._last_step_at_s is not None and self.num_running > 0:
             self._step_times_s.append(now_s - self._last_step_at_s)
+            self.busy_s += now_s - self._last_step_at_s
         self._last_step_at_s = now_s
 
     def stat_logger_factory(self):

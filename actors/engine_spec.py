@@ -43,6 +43,10 @@ class EngineSpec:
     # vLLM's CPU backend binds OpenMP threads to cores; "nobind" leaves placement to the OS,
     # which is what several engines sharing a few cores need.
     cpu_threads_bind: str | None = None
+    # The emulated device's power curve (actors/clocks/curves/) and how often its energy
+    # is metered.
+    power_curve: str = "a100-sxm4-40gb"
+    energy_meter_s: float = 1.0
 
     def staging_dir_for(self, medium: MediumKind) -> Path:
         return Path(self.disk_dir if medium == MediumKind.DISK else self.shm_dir)

@@ -24,6 +24,9 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
+from actors.clocks.device_metrics import DeviceMetrics
+from actors.clocks.emulated import EmulatedDevice
+from actors.clocks.power_curve import PowerCurve
 from actors.engine_load import EngineLoad
 from actors.engine_metrics import SeriesIdentity, engine_stat_logger
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
@@ -61,6 +64,8 @@ class ReplicaActor:
         self._janitor: asyncio.Task | None = None
         self._identity = SeriesIdentity(replica_id, pool, role.value)
         self._transfer_metrics: TransferMetrics | None = None
+        self._device: EmulatedDevice | None = None
+        self._energy_meter: asyncio.Task | None = None
         self._outboxes: dict[str, Outbox] = {}
         self._pumps: set[asyncio.Task] = set()
 
@@ -85,11 +90,15 @@ class ReplicaActor:
             block_size=self.spec.block_size, max_model_len=self._engine.model_config.max_model_len,
         )
         self._janitor = asyncio.create_task(self._sweep_staged_kv_forever())
+        self._device = EmulatedDevice(PowerCurve.load(self.spec.power_curve))
+        device_metrics = DeviceMetrics(self._identity, self._device.backend)
+        self._energy_meter = asyncio.create_task(self._meter_energy_forever(device_metrics))
         return self._info
 
     async def shutdown(self) -> None:
-        if self._janitor is not None:
-            self._janitor.cancel()
+        for task in (self._janitor, self._energy_meter):
+            if task is not None:
+                task.cancel()
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
@@ -199,6 +208,17 @@ class ReplicaActor:
         while True:
             await asyncio.sleep(self.spec.staged_kv_ttl_s / 2)
             await asyncio.to_thread(self._sweep_staged_kv, self.spec.staged_kv_ttl_s)
+
+    async def _meter_energy_forever(self, metrics: DeviceMetrics) -> None:
+        """Charges the device's modeled power at the engine's measured utilization."""
+        last_at, last_busy = time.monotonic(), self._load.busy_s
+        while True:
+            await asyncio.sleep(self.spec.energy_meter_s)
+            now, busy = time.monotonic(), self._load.busy_s
+            utilization = min(1.0, (busy - last_busy) / max(now - last_at, 1e-9))
+            joules = self._device.advance(now - last_at, utilization)
+            metrics.record(self._device.clock_mhz, self._device.power_w, joules, utilization)
+            last_at, last_busy = now, busy
 
     def _require_engine(self) -> AsyncLLM:
         if self._engine is None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import elasticity, kv_movement, overview, pools
+from dashboards import elasticity, energy, kv_movement, overview, pools
 
 GENERATED = Path(__file__).parent / "generated"
-BUILDERS = (overview.build, pools.build, kv_movement.build, elasticity.build)
+BUILDERS = (overview.build, pools.build, kv_movement.build, elasticity.build, energy.build)
 
 
 def render() -> dict[str, str]:

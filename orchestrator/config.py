@@ -55,6 +55,15 @@ class PoolConfig(_Frozen):
     resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica")
 
 
+class ClockSettings(_Frozen):
+    """Device clocks and energy. With no GPU, each replica's device is emulated: a modeled
+    power curve (actors/clocks/curves/<power_curve>.yaml) at the replica's measured
+    utilization, labelled `emulated` in every series."""
+
+    power_curve: str = "a100-sxm4-40gb"
+    energy_meter_s: float = Field(1.0, gt=0, description="how often energy is metered")
+
+
 class SLOConfig(_Frozen):
     ttft_s: float = Field(2.0, gt=0)
     tpot_s: float = Field(0.2, gt=0)
@@ -97,6 +106,7 @@ class ClusterConfig(_Frozen):
     slo: SLOConfig = SLOConfig()
     controller: ControllerSettings = ControllerSettings()
     serve: ServeSettings = ServeSettings()
+    clocks: ClockSettings = ClockSettings()
 
     @model_validator(mode="after")
     def _pools_serve(self) -> ClusterConfig:
@@ -128,7 +138,8 @@ class ClusterConfig(_Frozen):
             enforce_eager=e.enforce_eager, seed=e.seed, medium=self.kv.medium, shm_dir=f"{self.kv.shm_dir}/{self.name}",
             disk_dir=f"{self.kv.disk_dir}/{self.name}", on_transfer_failure=self.kv.on_failure,
             kv_fetch_timeout_s=self.kv.fetch_timeout_s, staged_kv_ttl_s=self.kv.staged_ttl_s,
-            cpu_threads_bind=e.cpu_threads_bind,
+            cpu_threads_bind=e.cpu_threads_bind, power_curve=self.clocks.power_curve,
+            energy_meter_s=self.clocks.energy_meter_s,
         )
 
     @classmethod

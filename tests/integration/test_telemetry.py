@@ -105,7 +105,8 @@ async def test_every_dashboard_panel_returns_data(prometheus, openai_urls, contr
     async with httpx.AsyncClient(timeout=30) as http:
         for family in ("ray_tide_ingress_replays_total", "ray_tide_ingress_client_disconnects_total",
                        "ray_tide_kv_transfer_recompute_fallbacks_total", 'ray_tide_controller_actions_total{kind="replace"}',
-                       'ray_vllm_time_to_first_token_seconds_count{role="ingress"}'):
+                       'ray_vllm_time_to_first_token_seconds_count{role="ingress"}',
+                       'ray_tide_device_energy_joules_total{backend="emulated"}'):
             await wait_for(lambda: _has_data(http, prometheus, family), 60, f"{family} in Prometheus")
         await asyncio.sleep(3 * PROMETHEUS.scrape_interval_s)
 

@@ -18,7 +18,8 @@ from dashboards.queries import expand, panel_queries, variable_values
 def test_generated_json_matches_the_code():
     generated = {f"{board['uid']}.json": board for board in load_generated()}
     assert {name: json.loads(text) for name, text in render().items()} == generated
-    assert set(generated) == {"tide-overview.json", "tide-pools.json", "tide-kv-movement.json", "tide-elasticity.json"}
+    assert set(generated) == {"tide-overview.json", "tide-pools.json", "tide-kv-movement.json", "tide-elasticity.json",
+                              "tide-energy.json"}
 
 
 @pytest.mark.parametrize("board", load_generated(), ids=lambda b: b["uid"])
@@ -96,7 +97,7 @@ def test_push_creates_the_folder_datasource_and_every_dashboard(grafana, capsys)
     pushed = [body for path, body in posts if path == "/api/dashboards/db"]
     assert sorted(b["dashboard"]["uid"] for b in pushed) == sorted(b["uid"] for b in load_generated())
     assert all(b["folderUid"] == "tide" and b["overwrite"] for b in pushed)
-    assert "pushed 4 dashboards" in capsys.readouterr().out
+    assert "pushed 5 dashboards" in capsys.readouterr().out
 
 
 def test_push_to_an_unreachable_grafana_is_one_clear_line(capsys):
