@@ -26,8 +26,11 @@ def build() -> dashboard.Dashboard:
         .with_panel(graph("Actions by kind, reason and outcome", "short", [
             query(f"sum by (kind, reason, outcome) (increase(ray_tide_controller_actions_total{{{POOLS}}}[{RATE}]))",
                   "{{kind}} {{reason}} {{outcome}}")]))
-        .with_panel(graph("Action duration p90", "s",
-                          quantiles("ray_tide_controller_action_duration_seconds", POOLS, by="kind", qs=(0.9,))))
+        .with_panel(graph("Latest action duration by kind", "s", [
+            query(f"max by (kind, pool) (ray_tide_controller_action_last_duration_seconds{{{POOLS}}})",
+                  "{{kind}} {{pool}}")],
+            "Actions are rare: the latest duration of each kind (the histogram "
+            "ray_tide_controller_action_duration_seconds keeps all of them)."))
         .with_panel(graph("Controller tick time", "s",
                           quantiles("ray_tide_controller_tick_duration_seconds", "", qs=(0.5, 0.99))))
         .with_panel(graph("Replica up", "short", [

@@ -25,7 +25,7 @@ def build() -> dashboard.Dashboard:
             "All devices' energy over the tokens clients received (idle devices included)."))
         .with_panel(single("Power (cluster)", "watt", f"sum(ray_tide_device_power_watts{{{DEVICES}}})"))
         .with_panel(graph("Joules per token processed, by pool", "J", [
-            query(f"sum by (pool, backend) (rate({energy}[{RATE}])) / sum by (pool) ("
+            query(f"sum by (pool, backend) (rate({energy}[{RATE}])) / on (pool) group_left sum by (pool) ("
                   f"rate(ray_vllm_prompt_tokens_total{{{ENGINES}}}[{RATE}]) "
                   f"+ rate(ray_vllm_generation_tokens_total{{{ENGINES}}}[{RATE}]))",
                   "{{pool}} ({{backend}})")],

@@ -64,6 +64,7 @@ class ControllerActor:
         self._snapshot = ClusterSnapshot(version=0, taken_at_s=time.time())
         self._events: deque[ControllerEvent] = deque(maxlen=2048)
         self._loop: asyncio.Task | None = None
+        self._started: asyncio.Future | None = None
         self._metrics = ControllerMetrics(config.name)
         self.num_ticks = 0
         self.num_tick_errors = 0
@@ -71,12 +72,20 @@ class ControllerActor:
 
     # ---- public API (control plane only) ----
     async def start(self, wait_ready: bool = True) -> ClusterSnapshot:
-        if self._loop is None:
-            await self._adopt_existing_replicas()
-            self._loop = asyncio.create_task(self._run_loop())
+        # Callers race here after a restart (every front door polls); one adopts and starts
+        # the loop, the others wait for it.
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._adopt_then_loop())
+        await asyncio.shield(self._started)
         if wait_ready:
             await self.wait_until_ready(self.config.controller.start_timeout_s)
         return self._snapshot
+
+    async def _adopt_then_loop(self) -> None:
+        await self._adopt_existing_replicas()
+        await self._observe()
+        self._snapshot = self._build_snapshot()
+        self._loop = asyncio.create_task(self._run_loop())
 
     async def wait_until_ready(self, timeout_s: float) -> ClusterSnapshot:
         deadline = time.monotonic() + timeout_s
@@ -105,6 +114,7 @@ class ControllerActor:
         if self._loop is not None:
             self._loop.cancel()
             self._loop = None
+        self._started = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(m.handle.shutdown() for m in self._replicas.values()), return_exceptions=True)
@@ -113,7 +123,7 @@ class ControllerActor:
     async def _resume_after_restart(self) -> None:
         """Ray re-runs the constructor of a crashed controller; the first call that reaches
         the new instance (the front door polls every fraction of a second) resumes the loop."""
-        if self._loop is None and ray.get_runtime_context().was_current_actor_reconstructed:
+        if self._started is None and ray.get_runtime_context().was_current_actor_reconstructed:
             await self.start(wait_ready=False)
 
     # ---- the loop ----

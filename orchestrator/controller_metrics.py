@@ -23,6 +23,9 @@ class ControllerMetrics:
         self.action_duration = metrics.Histogram(
             "tide_controller_action_duration_seconds", "How long each controller action took.",
             boundaries=ACTION_BUCKETS_S, tag_keys=("cluster", "kind", "pool"))
+        self.last_action_duration = metrics.Gauge(
+            "tide_controller_action_last_duration_seconds", "Duration of the latest action of each kind.",
+            tag_keys=("cluster", "kind", "pool"))
         self.tick_duration = metrics.Histogram(
             "tide_controller_tick_duration_seconds", "One observe -> decide -> act tick.",
             boundaries=TICK_BUCKETS_S, tag_keys=("cluster",))
@@ -50,8 +53,9 @@ class ControllerMetrics:
         outcome = "ok" if event.outcome == "ok" else "failed"
         self.actions.inc(1, tags={**self._cluster, "kind": event.kind.value, "reason": event.reason,
                                   "outcome": outcome, "pool": event.pool})
-        self.action_duration.observe(event.duration_s, tags={**self._cluster, "kind": event.kind.value,
-                                                             "pool": event.pool})
+        tags = {**self._cluster, "kind": event.kind.value, "pool": event.pool}
+        self.action_duration.observe(event.duration_s, tags=tags)
+        self.last_action_duration.set(event.duration_s, tags=tags)
 
     def record_tick(self, seconds: float, failed: bool) -> None:
         self.tick_duration.observe(seconds, tags=self._cluster)

@@ -5,6 +5,7 @@ the label stays bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 
@@ -91,6 +92,10 @@ class HTTPMetrics:
 
         try:
             await self.app(scope, watched_receive, watched_send)
+        except asyncio.CancelledError:
+            # Ray Serve cancels a request whose client went away.
+            state["disconnected"] = not state["done"]
+            raise
         finally:
             if state["streaming"]:
                 self.metrics.stream_ended()
