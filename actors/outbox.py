@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from actors.kv.medium import KVHandle
 from actors.messages import TokenDelta
 from policies.snapshot import RequestId
 
@@ -25,7 +26,19 @@ class RequestError:
     replica_failed: bool
 
 
-ChannelItem = TokenDelta | RequestError
+@dataclass(frozen=True)
+class MigrationNotice:
+    """The request stopped on `source` and continues on `destination`: prompt plus the
+    tokens already streamed, with their KV in `kv_handle` (None: recompute)."""
+
+    request_id: RequestId
+    source: str
+    destination: str
+    kv_handle: KVHandle | None
+    mode: str
+
+
+ChannelItem = TokenDelta | RequestError | MigrationNotice
 
 
 class Outbox:

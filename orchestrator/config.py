@@ -9,10 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.medium import MediumKind
+from actors.migration_source import MigrationSettingsSpec
+from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import DataPath, RoutingPolicyKind
 from policies.snapshot import Role
-
-
 
 
 class _Frozen(BaseModel):
@@ -53,6 +53,29 @@ class PoolConfig(_Frozen):
     num_replicas: int = Field(1, ge=0)
     num_cpus: float = Field(0.0, ge=0, description="Ray CPUs reserved per replica actor")
     resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica")
+
+
+class MigrationConfig(_Frozen):
+    """Live migration between replicas of a pool (policies/migration.py decides,
+    actors/migration_source.py moves). Off by default."""
+
+    enabled: bool = False
+    mode: MigrationMode = MigrationMode.PRE_COPY
+    source_below: float = Field(4.0, description="Llumnix freeness under which a replica hands requests off")
+    destination_above: float = Field(16.0, description="freeness a destination must have")
+    min_gap: float = Field(8.0, ge=0, description="freeness gap required between the two (hysteresis)")
+    max_per_tick: int = Field(2, ge=0)
+    cooldown_s: float = Field(10.0, ge=0, description="no move back along a pair within this time")
+    max_stages: int = Field(3, ge=1, description="pre-copy stages, the stop stage included (Llumnix: 3)")
+    last_stage_blocks: int = Field(16, ge=0, description="stop when at most this many blocks are left to copy")
+    stage_timeout_s: float = Field(30.0, gt=0)
+
+    def policy_settings(self) -> MigrationSettings:
+        return MigrationSettings(self.source_below, self.destination_above, self.min_gap, self.max_per_tick,
+                                 self.cooldown_s)
+
+    def mechanism_settings(self) -> MigrationSettingsSpec:
+        return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.stage_timeout_s)
 
 
 class ClockSettings(_Frozen):
@@ -107,6 +130,7 @@ class ClusterConfig(_Frozen):
     controller: ControllerSettings = ControllerSettings()
     serve: ServeSettings = ServeSettings()
     clocks: ClockSettings = ClockSettings()
+    migration: MigrationConfig = MigrationConfig()
 
     @model_validator(mode="after")
     def _pools_serve(self) -> ClusterConfig:

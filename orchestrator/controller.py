@@ -27,6 +27,7 @@ from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
 from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
+from policies.migration import MigrateRequests, MigrationHistory, decide_migrations
 from policies.repair import InFlight, decide_repairs
 from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, ReplicaSnapshot
 
@@ -66,6 +67,8 @@ class ControllerActor:
         self._loop: asyncio.Task | None = None
         self._started: asyncio.Future | None = None
         self._metrics = ControllerMetrics(config.name)
+        self._migrating: set[tuple[ReplicaId, ReplicaId]] = set()
+        self._recent_migrations: deque[tuple[ReplicaId, ReplicaId, float]] = deque(maxlen=256)
         self.num_ticks = 0
         self.num_tick_errors = 0
         self.last_tick_s = 0.0
@@ -149,6 +152,12 @@ class ControllerActor:
         in_flight = InFlight(frozenset(self._replacing), tuple(sorted(self._starting.items())))
         for action in decide_repairs(self._snapshot, in_flight):
             self._act(action)
+        if self.config.migration.enabled:
+            history = MigrationHistory(tuple(sorted(self._migrating)), tuple(self._recent_migrations))
+            migration = self.config.migration
+            for action in decide_migrations(self._snapshot, history, migration.policy_settings(), time.time(),
+                                            migration.mode):
+                self._act(action)
 
     async def _observe(self) -> None:
         now = time.time()
@@ -194,6 +203,10 @@ class ControllerActor:
             self._spawn(self._replace_replica(action), lambda: self._replacing.discard(action.replica_id))
         elif isinstance(action, RemoveReplica):
             self._spawn(self._remove_replica(action), lambda: None)
+        elif isinstance(action, MigrateRequests):
+            pair = (action.source, action.destination)
+            self._migrating.add(pair)
+            self._spawn(self._migrate(action), lambda: self._migrating.discard(pair))
 
     def _spawn(self, coro, on_done) -> None:
         task = asyncio.create_task(coro)
@@ -245,6 +258,25 @@ class ControllerActor:
         await managed.handle.shutdown()
         self._replicas.pop(action.replica_id, None)
         self._record(ActionKind.SCALE, action.reason, action.replica_id, action.pool, started)
+
+    async def _migrate(self, action: MigrateRequests) -> None:
+        """Hands `action.num_requests` requests from source to destination, one at a time."""
+        source, destination = self._replicas.get(action.source), self._replicas.get(action.destination)
+        if source is None or destination is None:
+            return
+        for _ in range(action.num_requests):
+            started = time.perf_counter()
+            try:
+                report = await source.handle.actor.migrate_out.remote(
+                    action.destination, destination.handle.actor, action.mode.value,
+                    settings=self.config.migration.mechanism_settings())
+                outcome = "ok" if report.outcome == "migrated" else f"failed: {report.outcome}"
+            except ray.exceptions.RayError as exc:
+                report, outcome = None, f"failed: source unreachable: {type(exc).__name__}"
+            self._recent_migrations.append((action.source, action.destination, time.time()))
+            self._record(ActionKind.MIGRATE, action.reason.value, action.source, source.pool, started, outcome=outcome)
+            if report is None or report.outcome == "no_request":
+                return
 
     def _record(self, kind: ActionKind, reason: str, replica_id: str, pool: str, started: float, outcome: str = "ok") -> None:
         event = ControllerEvent(

@@ -12,7 +12,7 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.messages import TokenDelta, TokenRequest
-from actors.outbox import RequestError
+from actors.outbox import MigrationNotice, RequestError
 from policies.snapshot import ReplicaId, RequestId
 
 
@@ -28,7 +28,7 @@ class DeltaChannel:
     def __init__(self, actor: ActorHandle):
         self._actor = actor
         self._channel_id = uuid.uuid4().hex
-        self._queues: dict[RequestId, asyncio.Queue[TokenDelta | BaseException]] = {}
+        self._queues: dict[RequestId, asyncio.Queue[TokenDelta | MigrationNotice | BaseException]] = {}
         self.failure: BaseException | None = None
         self._reader = asyncio.create_task(self._read())
 
@@ -49,10 +49,11 @@ class DeltaChannel:
         for queue in self._queues.values():
             queue.put_nowait(self.failure)
 
-    async def stream(self, request: TokenRequest) -> AsyncIterator[TokenDelta]:
+    async def stream(self, request: TokenRequest) -> AsyncIterator[TokenDelta | MigrationNotice]:
+        """The request's deltas; a `MigrationNotice`, if one comes, is the last item."""
         if self.failure is not None:
             raise self.failure
-        queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[TokenDelta | MigrationNotice | BaseException] = asyncio.Queue()
         self._queues[request.request_id] = queue
         finished = False
         try:
@@ -61,7 +62,7 @@ class DeltaChannel:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                finished = item.finished
+                finished = isinstance(item, MigrationNotice) or item.finished
                 yield item
         finally:
             del self._queues[request.request_id]

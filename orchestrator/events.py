@@ -11,6 +11,7 @@ class ActionKind(str, Enum):
     SCALE = "scale"
     REPLACE = "replace"
     ADOPT = "adopt"
+    MIGRATE = "migrate"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The front door's own series: requests by route and status, latency, streams in flight,
-replays after a replica loss, client disconnects. Exported through Ray's metrics pipeline,
+replays after a replica loss, client disconnects, downtime of migrated streams. Exported through Ray's metrics pipeline,
 like everything else (see docs/telemetry.md). Routes are the app's route templates, so
 the label stays bounded."""
 
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from ray.util import metrics
 
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
+DOWNTIME_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12]
 OTHER_ROUTE = "other"
 
 
@@ -33,6 +34,10 @@ class IngressMetrics:
         self.disconnects = metrics.Counter(
             "tide_ingress_client_disconnects", "Clients that went away before their response ended.",
             tag_keys=("ingress", "route"))
+        self.migration_downtime = metrics.Histogram(
+            "tide_migration_downtime_seconds",
+            "Time a migrated stream went without a token: last token on the source to first on the destination.",
+            boundaries=DOWNTIME_BUCKETS_S, tag_keys=("ingress", "mode"))
         self._num_streams = 0
         self.streams_in_flight.set(0, tags=self._tags)
 
@@ -41,6 +46,9 @@ class IngressMetrics:
 
     def on_replay(self, reason: str) -> None:
         self.replays.inc(1, tags={**self._tags, "reason": reason})
+
+    def on_migration(self, mode: str, downtime_s: float) -> None:
+        self.migration_downtime.observe(downtime_s, tags={**self._tags, "mode": mode})
 
     def on_response(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc(1, tags={**self._tags, "route": route, "status_code": str(status)})

@@ -64,6 +64,7 @@ async def build_openai_app(
                                  stat_loggers=[engine_stat_logger(identity)])
     metrics = IngressMetrics(ingress, PUBLIC_ROUTES)
     tokens.on_replay = metrics.on_replay
+    tokens.on_migration = metrics.on_migration
     app = build_app(args, supported_tasks=("generate",), model_config=engine.model_config)
     app.router.routes[:] = [r for r in app.router.routes if _is_public(r)]
     # vLLM's app has built its middleware stack already; the outer layers go around it.

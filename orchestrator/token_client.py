@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
@@ -26,6 +27,7 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenDelta, TokenRequest
+from actors.outbox import MigrationNotice
 from orchestrator.controller import RoutingTable
 from orchestrator.delta_channel import DeltaChannels, ReplicaRequestError
 from orchestrator.replica_handle import ReplicaHandle
@@ -59,8 +61,10 @@ class TokenClient:
         self.data_path = data_path
         self.num_refresh_failures = 0
         self.num_replays = 0
-        # Told the kind of failure each time a request is replayed (metrics).
+        # Told the kind of failure each time a request is replayed, and the mode and
+        # downtime (seconds without a token) of each migration a stream followed (metrics).
         self.on_replay: Callable[[str], None] = lambda reason: None
+        self.on_migration: Callable[[str, float], None] = lambda mode, downtime_s: None
 
     async def start(self) -> None:
         self._table = await self._controller.routing_table.remote()
@@ -167,9 +171,48 @@ class TokenClient:
             yield delta
 
     async def _stream_on(self, replica: ReplicaHandle, request: TokenRequest, attempt: _Attempt) -> AsyncIterator[TokenDelta]:
-        attempt.replica_id = replica.replica_id
-        async for delta in self._channels.get(replica.replica_id, replica.actor).stream(request):
-            yield delta
+        """Streams `request` on `replica` and follows it across live migrations: after a
+        `MigrationNotice` it goes on on the destination with the prompt plus what this leg
+        produced and the notice's KV. A destination that fails before its first token hands
+        the request back to the source, which still holds the KV."""
+        skip, source, moved = 0, None, None
+        last_token_at = time.perf_counter()
+        while True:
+            attempt.replica_id = replica.replica_id
+            leg_produced: list[int] = []
+            notice = None
+            try:
+                async for item in self._channels.get(replica.replica_id, replica.actor).stream(request):
+                    if isinstance(item, MigrationNotice):
+                        notice = item
+                        break
+                    leg_produced += item.token_ids
+                    delta, skip = drop_first(item, skip)
+                    if delta is None:
+                        continue
+                    if delta.token_ids:
+                        if moved is not None:
+                            self.on_migration(moved, time.perf_counter() - last_token_at)
+                            moved, source = None, None
+                        last_token_at = time.perf_counter()
+                    yield delta
+            except Exception as exc:
+                if source is None or leg_produced or not is_replica_failure(exc):
+                    raise
+                logger.warning("request %s: migration destination %s failed (%s); back to %s",
+                               request.request_id, replica.replica_id, type(exc).__name__, source.replica_id)
+                replica, source = source, None
+                continue
+            if notice is None:
+                return
+            request, extra_skip = resumption(request, leg_produced, notice.kv_handle)
+            skip += extra_skip
+            moved = notice.mode
+            source, replica = replica, self._replica_or(notice.destination, replica)
+
+    def _replica_or(self, replica_id: str, fallback: ReplicaHandle) -> ReplicaHandle:
+        actor = self.table.actors.get(replica_id)
+        return ReplicaHandle(replica_id, actor) if actor is not None else fallback
 
     async def _choose_any(self, roles: tuple[Role, ...], num_prompt_tokens: int, avoid: frozenset[str]) -> ReplicaHandle:
         """The first role in `roles` with a healthy replica; waits for the controller to
@@ -247,14 +290,22 @@ def resumption(
 async def skipping(stream: AsyncIterator[TokenDelta], num_tokens: int) -> AsyncIterator[TokenDelta]:
     """`stream` without its first `num_tokens` tokens."""
     async for delta in stream:
-        if num_tokens:
-            dropped = min(num_tokens, len(delta.token_ids))
-            num_tokens -= dropped
-            delta = replace(delta, token_ids=delta.token_ids[dropped:], prompt_logprobs=None,
-                            logprobs=delta.logprobs[dropped:] if delta.logprobs else None)
-            if not delta.token_ids and not delta.finished:
-                continue
-        yield delta
+        delta, num_tokens = drop_first(delta, num_tokens)
+        if delta is not None:
+            yield delta
+
+
+def drop_first(delta: TokenDelta, num_tokens: int) -> tuple[TokenDelta | None, int]:
+    """`delta` without up to `num_tokens` leading tokens (None if nothing is left to say),
+    and how many tokens are still to drop."""
+    if not num_tokens:
+        return delta, 0
+    dropped = min(num_tokens, len(delta.token_ids))
+    delta = replace(delta, token_ids=delta.token_ids[dropped:], prompt_logprobs=None,
+                    logprobs=delta.logprobs[dropped:] if delta.logprobs else None)
+    if not delta.token_ids and not delta.finished:
+        return None, num_tokens - dropped
+    return delta, num_tokens - dropped
 
 
 def continuation(request: TokenRequest, produced: list[int], kv_handle: KVHandle | None) -> TokenRequest:

@@ -24,7 +24,7 @@ from orchestrator.replica_handle import ReplicaHandle
 from policies.routing import DataPath
 from policies.snapshot import Role
 from tests.integration.helpers import (
-    break_handle, greedy_request, prefill_then_decode, prompt_of, serving_ids, wait_for,
+    break_handle, greedy_request, prefill_then_decode, prompt_of, serving_ids, wait_for, wait_until_serving,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
@@ -97,16 +97,49 @@ async def _traffic(urls: dict[DataPath, str]) -> None:
                     break
 
 
+async def _stream_across_migrations(url: str, controller, moves: int = 3) -> None:
+    """A stream the test moves between the decode and the colocated replica, a few seconds
+    apart (so each migration lands in a later scrape than the one before)."""
+    table = await controller.routing_table.remote()
+    [decode_id] = [r.replica_id for r in table.snapshot.serving(Role.DECODE)]
+    [colocated_id] = [r.replica_id for r in table.snapshot.serving(Role.COLOCATED)]
+    holder, other = (decode_id, table.actors[decode_id]), (colocated_id, table.actors[colocated_id])
+    body = {"model": MODEL, "prompt": "migrate me " * 60, "max_tokens": 1800, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+
+    async def move_around():
+        nonlocal holder, other
+        for mode in ("pre_copy", "stop_and_copy", "pre_copy")[:moves]:
+            await asyncio.sleep(2.5)
+            report = await holder[1].migrate_out.remote(other[0], other[1], mode)
+            assert report.outcome == "migrated", report
+            holder, other = other, holder
+
+    usage = None
+    async with httpx.AsyncClient(timeout=120) as http:
+        async with http.stream("POST", f"{url}/v1/completions", json=body) as response:
+            mover = None
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    mover = mover or asyncio.create_task(move_around())
+                    usage = json.loads(line.removeprefix("data: ")).get("usage") or usage
+    await mover
+    assert usage["completion_tokens"] == 1800
+
+
 async def test_every_dashboard_panel_returns_data(prometheus, openai_urls, controller, client):
+    await wait_until_serving(controller)
     await prefill_then_decode(client, greedy_request(prompt_of(100, seed=77)), MediumKind.SHARED_MEMORY,
                               break_handle, on_failure=TransferFailurePolicy.RECOMPUTE)
     await _stream_through_replica_loss(openai_urls[DataPath.DISAGGREGATED], controller)
     await _traffic(openai_urls)
+    await _stream_across_migrations(openai_urls[DataPath.DISAGGREGATED], controller)
     async with httpx.AsyncClient(timeout=30) as http:
         for family in ("ray_tide_ingress_replays_total", "ray_tide_ingress_client_disconnects_total",
                        "ray_tide_kv_transfer_recompute_fallbacks_total", 'ray_tide_controller_actions_total{kind="replace"}',
                        'ray_vllm_time_to_first_token_seconds_count{role="ingress"}',
-                       'ray_tide_device_energy_joules_total{backend="emulated"}'):
+                       'ray_tide_device_energy_joules_total{backend="emulated"}',
+                       "ray_tide_migration_downtime_seconds_count >= 2"):
             await wait_for(lambda: _has_data(http, prometheus, family), 60, f"{family} in Prometheus")
         await asyncio.sleep(3 * PROMETHEUS.scrape_interval_s)
 

@@ -1,0 +1,104 @@
+"""The source side of a live migration (Llumnix-style), run by the replica that holds the
+request.
+
+Pre-copy: while the request keeps decoding here, each stage exports the request's full
+blocks (its prompt plus the tokens so far; they sit in this engine's prefix cache, so the
+export computes only the partial tail) and the destination imports them into its own
+prefix cache (`ReplicaActor.warm`). Stages repeat until the blocks not yet copied are at
+most `last_stage_blocks` or `max_stages - 1` stages have run. Then the request is stopped
+at a step boundary (an engine abort), the last export covers everything (the destination
+loads only the blocks its prefix cache lacks), and the subscriber gets a
+`MigrationNotice`: continue on the destination with prompt + streamed tokens and this KV.
+Stop-and-copy skips the stages; recompute sends no KV.
+
+Failure rules: a destination that fails before the stop leaves the request running here
+untouched; blocks it imported are ordinary prefix-cache blocks (evicted first when memory
+is needed) and staged exports expire with the staged-KV TTL. A request that finishes (or
+is aborted) first ends the migration cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from actors.kv.medium import KVHandle
+from actors.messages import TokenRequest
+from policies.snapshot import RequestId
+
+
+@dataclass
+class RunningRequest:
+    """A request the replica streams to a channel subscriber, as far as it has gone."""
+
+    request: TokenRequest
+    produced: list[int] = field(default_factory=list)
+    # Set when the request is to stop here and continue on another replica.
+    handover: MigrationTarget | None = None
+    # Resolved by the pump: "migrated" once the notice is out, "finished" if it ended first.
+    ended: asyncio.Future | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return list(self.request.prompt_token_ids) + self.produced
+
+
+@dataclass(frozen=True)
+class MigrationTarget:
+    destination: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class MigrationSettingsSpec:
+    max_stages: int = 3
+    last_stage_blocks: int = 16
+    # A stage, or the destination's liveness check, slower than this fails the migration.
+    stage_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    request_id: RequestId
+    source: str
+    destination: str
+    mode: str
+    # migrated | request_finished | destination_failed | no_request
+    outcome: str
+    num_stages: int = 0
+    blocks_per_stage: tuple[int, ...] = ()
+    bytes_copied: int = 0
+    duration_s: float = 0.0
+    error: str = ""
+
+
+def blocks_of(num_tokens: int, block_size: int) -> int:
+    return num_tokens // block_size
+
+
+async def pre_copy(
+    running: RunningRequest, block_size: int, settings: MigrationSettingsSpec,
+    export, warm_destination,
+) -> tuple[list[int], int]:
+    """Copies the request's full blocks in stages while it keeps running; returns the
+    blocks copied per stage and the bytes moved. `export(tokens) -> KVHandle | None` stages
+    KV on this replica; `warm_destination(handle, tokens)` imports it on the destination."""
+    copied, per_stage, num_bytes = 0, [], 0
+    for _ in range(settings.max_stages - 1):
+        tokens = running.token_ids
+        remaining = blocks_of(len(tokens), block_size) - copied
+        if remaining <= settings.last_stage_blocks or running.ended.done() or not running.produced:
+            break
+        handle: KVHandle | None = await export(tokens)
+        if handle is None:
+            break
+        await asyncio.wait_for(warm_destination(handle, tokens), settings.stage_timeout_s)
+        per_stage.append(handle.num_blocks - copied)
+        num_bytes += handle.num_bytes * (handle.num_blocks - copied) // max(handle.num_blocks, 1)
+        copied = handle.num_blocks
+    return per_stage, num_bytes
+
+
+def now() -> float:
+    return time.perf_counter()
