@@ -113,6 +113,10 @@ class ReplicaActor:
             await asyncio.sleep(0.05)
         return self._load.num_admitted
 
+    def resume(self) -> None:
+        """Takes new requests again after a `drain` (a scale-in that was called off)."""
+        self._draining = False
+
     async def check_health(self) -> None:
         await self._require_engine().check_health()
 

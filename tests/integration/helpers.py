@@ -44,6 +44,17 @@ async def serving_ids(controller, pool: str) -> list[str]:
     return [r.replica_id for p in snapshot.pools if p.name == pool for r in p.serving]
 
 
+async def wait_until_serving(controller, timeout_s: float = 240) -> None:
+    """Every pool at its target of serving replicas (after an earlier test disturbed one),
+    and a front-door refresh period for token clients to see it."""
+    async def serving():
+        snapshot = await controller.snapshot.remote()
+        return bool(snapshot.pools) and all(len(p.serving) >= p.target_size for p in snapshot.pools)
+
+    await wait_for(serving, timeout_s, "every pool to serve at its target size")
+    await asyncio.sleep(0.5)
+
+
 async def wait_for(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -193,8 +193,12 @@ async def test_drain_stops_routing_to_replica(controller):
     snapshot = await controller.snapshot.remote()
     table = await controller.routing_table.remote()
     [prefill_id] = [r.replica_id for r in snapshot.serving(Role.PREFILL)]
-    remaining = await table.actors[prefill_id].drain.remote(5.0)
-    assert remaining == 0
-    stats = await table.actors[prefill_id].stats.remote()
-    assert stats.health == Health.DRAINING
-    assert not stats.accepts_requests
+    try:
+        remaining = await table.actors[prefill_id].drain.remote(5.0)
+        assert remaining == 0
+        stats = await table.actors[prefill_id].stats.remote()
+        assert stats.health == Health.DRAINING
+        assert not stats.accepts_requests
+    finally:
+        await table.actors[prefill_id].resume.remote()
+    assert (await table.actors[prefill_id].stats.remote()).accepts_requests

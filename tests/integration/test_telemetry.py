@@ -24,7 +24,7 @@ from orchestrator.replica_handle import ReplicaHandle
 from policies.routing import DataPath
 from policies.snapshot import Role
 from tests.integration.helpers import (
-    break_handle, greedy_request, prefill_then_decode, prompt_of, serving_ids, wait_for,
+    break_handle, greedy_request, prefill_then_decode, prompt_of, serving_ids, wait_for, wait_until_serving,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
@@ -98,6 +98,7 @@ async def _traffic(urls: dict[DataPath, str]) -> None:
 
 
 async def test_every_dashboard_panel_returns_data(prometheus, openai_urls, controller, client):
+    await wait_until_serving(controller)
     await prefill_then_decode(client, greedy_request(prompt_of(100, seed=77)), MediumKind.SHARED_MEMORY,
                               break_handle, on_failure=TransferFailurePolicy.RECOMPUTE)
     await _stream_through_replica_loss(openai_urls[DataPath.DISAGGREGATED], controller)
