@@ -10,6 +10,7 @@ import asyncio
 import pytest
 import ray
 
+from actors.replica import ReplicaActor
 from orchestrator.replica_handle import ReplicaHandle
 from policies.migration import MigrationMode
 from policies.snapshot import Role
@@ -34,28 +35,29 @@ async def _running_on(replica: ReplicaHandle, request_id: str) -> bool:
     return any(i == request_id or i.startswith(f"{request_id}+") for i in ids)
 
 
-async def _imported_bytes(replica: ReplicaHandle) -> float:
-    return (await replica.actor.connector_totals.remote())["import_bytes"]
+async def _fetched_bytes(*replicas: ReplicaHandle) -> int:
+    """KV bytes the replicas fetched over a medium since last asked."""
+    records = [r for replica in replicas for r in await replica.take_transfer_records()]
+    return sum(r.num_bytes for r in records if r.direction == "fetch" and r.ok)
 
 
-@ray.remote(num_cpus=0)
-class _StandInReplica:
-    """Answers the liveness check a source makes before it stops a request, and nothing
-    else: a destination that is gone by the time the request should start on it."""
-
-    def stats(self):
-        return None
+def _unstarted_replica(cluster_config, tiny_model):
+    """A replica actor with no engine: it answers `stats` (as starting) and nothing else
+    works on it. Killed, it is a destination that died."""
+    spec = cluster_config.engine_spec(tiny_model)
+    return ray.remote(ReplicaActor).options(num_cpus=0).remote("stand-in", "decode", Role.DECODE, spec)
 
 
 @pytest.mark.parametrize("prompt_len,moves,mode", [
-    (20, 1, PRE_COPY), (300, 2, PRE_COPY), (1700, 5, PRE_COPY),
-    (300, 2, STOP_AND_COPY), (1700, 1, STOP_AND_COPY), (300, 2, RECOMPUTE),
+    (20, 1, PRE_COPY), (300, 2, PRE_COPY), (1600, 5, PRE_COPY),
+    (300, 2, STOP_AND_COPY), (1600, 1, STOP_AND_COPY), (300, 2, RECOMPUTE),
 ])
 async def test_migrated_requests_match_the_oracle(client, controller, oracle, prompt_len, moves, mode):
     decode, colocated = await _replicas(controller)
     prompt = prompt_of(prompt_len, seed=1000 + prompt_len + moves)
-    request = greedy_request(prompt, max_tokens=240)
-    imported_before = await _imported_bytes(colocated) + await _imported_bytes(decode)
+    # Long enough to outlive the moves: prompt + output stays under the model's 2048.
+    request = greedy_request(prompt, max_tokens=400)
+    await _fetched_bytes(colocated, decode)
     stream = asyncio.create_task(collect(client.generate(request)))
     holder, other = decode, colocated
     reports = []
@@ -68,12 +70,12 @@ async def test_migrated_requests_match_the_oracle(client, controller, oracle, pr
         reports.append(report)
         holder, other = other, holder
     tokens, _ = await stream
-    assert tokens == await oracle.greedy.remote(prompt, 240)
-    imported = await _imported_bytes(colocated) + await _imported_bytes(decode) - imported_before
+    assert tokens == await oracle.greedy.remote(prompt, 400)
+    fetched = await _fetched_bytes(colocated, decode)
     if mode == RECOMPUTE or prompt_len < 32:
         assert all(r.num_stages <= 1 for r in reports)
     else:
-        assert imported > 0, "the destination loaded KV instead of recomputing it"
+        assert fetched > 0, "the destination fetched the request's KV instead of recomputing it"
     if mode == PRE_COPY and prompt_len > 32 * 16:
         assert reports[0].num_stages >= 2 and reports[0].bytes_copied > 0, reports[0]
 
@@ -91,9 +93,11 @@ async def test_a_request_that_has_not_started_moves_between_queues(client, contr
     assert tokens == await oracle.greedy.remote(prompt, 60)
 
 
-async def test_a_dead_destination_leaves_the_request_on_its_source(client, controller, oracle):
+async def test_a_dead_destination_leaves_the_request_on_its_source(client, controller, oracle, cluster_config,
+                                                                   tiny_model):
     decode, _ = await _replicas(controller)
-    gone = _StandInReplica.remote()
+    gone = _unstarted_replica(cluster_config, tiny_model)
+    await gone.stats.remote()
     ray.kill(gone)
     prompt = prompt_of(700, seed=2001)
     request = greedy_request(prompt, max_tokens=200)
@@ -105,11 +109,13 @@ async def test_a_dead_destination_leaves_the_request_on_its_source(client, contr
     assert tokens == await oracle.greedy.remote(prompt, 200)
 
 
-async def test_a_destination_lost_after_the_stop_hands_the_request_back(client, controller, oracle):
+async def test_a_destination_lost_after_the_stop_hands_the_request_back(client, controller, oracle, cluster_config,
+                                                                        tiny_model):
     """The source stops the request and names a destination the front door cannot reach:
     the stream continues on the source, with the KV the source staged."""
     decode, _ = await _replicas(controller)
-    lost = _StandInReplica.remote()
+    lost = _unstarted_replica(cluster_config, tiny_model)
+    await lost.stats.remote()  # up before the request starts
     prompt = prompt_of(500, seed=2002)
     request = greedy_request(prompt, max_tokens=200)
     stream = asyncio.create_task(collect(client.generate(request)))
@@ -122,15 +128,16 @@ async def test_a_destination_lost_after_the_stop_hands_the_request_back(client, 
 
 async def test_a_request_that_ends_during_migration_ends_it_cleanly(client, controller, oracle):
     decode, colocated = await _replicas(controller)
-    prompt = prompt_of(1700, seed=2003)
-    request = greedy_request(prompt, max_tokens=6)
+    prompt = prompt_of(1600, seed=2003)
+    request = greedy_request(prompt, max_tokens=12)
     stream = asyncio.create_task(collect(client.generate(request)))
-    await wait_for(lambda: _running_on(decode, request.request_id), 30, "the request to run")
+    while not await _running_on(decode, request.request_id) and not stream.done():
+        await asyncio.sleep(0.005)
     report = await decode.actor.migrate_out.remote(colocated.replica_id, colocated.actor, PRE_COPY,
                                                    request_id=request.request_id)
     assert report.outcome in ("request_finished", "migrated", "no_request")
     tokens, _ = await stream
-    assert tokens == await oracle.greedy.remote(prompt, 6)
+    assert tokens == await oracle.greedy.remote(prompt, 12)
     assert not await decode.actor.running_request_ids.remote()
 
 
