@@ -84,7 +84,7 @@ async def _request(client: TokenClient, prompt_len: int, output_len: int, rng: r
 
 async def run_setup(name: str, model: str, load: Workload, router, migration: bool, kv_mib: int) -> Result:
     config = ClusterConfig(
-        name=f"bench-skew-{name}",
+        name="bench-skew-" + "".join(c if c.isalnum() else "-" for c in name),
         engine=EngineConfig(model=model, kv_cache_bytes=kv_mib << 20, max_model_len=2048, cpu_threads_bind="nobind"),
         pools=(PoolConfig(name="prefill", role=Role.PREFILL), PoolConfig(name="decode", role=Role.DECODE, num_replicas=2)),
         controller=ControllerSettings(tick_s=0.25),

@@ -1,0 +1,166 @@
+"""The part of a replica that streams requests to front-door channels, and moves them
+to another replica while they run (live migration; see actors/migration_source.py).
+
+A mixin of `ReplicaActor`: it uses the replica's engine calls (`generate`, `prefill`,
+`abort`, `replica_id`, `spec`, `_migration_metrics`); `_init_streams` sets up its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import ray
+from ray.actor import ActorHandle
+from vllm import SamplingParams
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+from actors.engine_spec import TransferFailurePolicy
+from actors.kv.medium import KVHandle, MediumKind
+from actors.messages import TokenRequest
+from actors.migration_source import (
+    MigrationReport,
+    MigrationSettingsSpec,
+    MigrationTarget,
+    RunningRequest,
+    now,
+    pre_copy,
+)
+from actors.outbox import ChannelItem, MigrationNotice, Outbox, RequestError
+from policies.migration import MigrationMode
+from policies.snapshot import RequestId
+
+
+class ReplicaNotStarted(Exception):
+    pass
+
+
+class ChannelStreams:
+    def _init_streams(self) -> None:
+        self._outboxes: dict[str, Outbox] = {}
+        self._pumps: set[asyncio.Task] = set()
+        self._running: dict[RequestId, RunningRequest] = {}
+
+    async def open_channel(self, channel_id: str) -> AsyncIterator[list[ChannelItem]]:
+        """The subscriber's stream of batched deltas for the requests it `submit`s with
+        `channel_id` (see actors/outbox.py). Closing it aborts the requests still running."""
+        outbox = self._outboxes.setdefault(channel_id, Outbox())
+        try:
+            while True:
+                yield await outbox.take()
+        finally:
+            self._outboxes.pop(channel_id, None)
+            for request_id in list(outbox.request_ids):
+                await self.abort(request_id)
+
+    def submit(self, request: TokenRequest, channel_id: str) -> None:
+        """Starts `request`; its deltas, or its error, go to the channel `channel_id`."""
+        outbox = self._outboxes.setdefault(channel_id, Outbox())
+        outbox.request_ids.add(request.request_id)
+        pump = asyncio.create_task(self._pump(request, outbox))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, request: TokenRequest, outbox: Outbox) -> None:
+        running = RunningRequest(request, ended=asyncio.get_running_loop().create_future())
+        self._running[request.request_id] = running
+        try:
+            async for delta in self.generate(request):
+                if running.handover is not None and delta.finish_reason == "abort":
+                    # Stopped for a migration: what it produced so far still goes out.
+                    delta = replace(delta, finish_reason=None, stop_reason=None, timings=None)
+                    if delta.token_ids:
+                        running.produced += delta.token_ids
+                        outbox.put(delta)
+                    outbox.put(await self._hand_over(running))
+                    running.ended.set_result("migrated")
+                    return
+                running.produced += delta.token_ids
+                outbox.put(delta)
+        except Exception as exc:  # noqa: BLE001 - every error goes to the subscriber
+            replica_failed = isinstance(exc, (EngineDeadError, EngineGenerateError, ReplicaNotStarted))
+            outbox.put(RequestError(request.request_id, f"{type(exc).__name__}: {exc}", replica_failed))
+        finally:
+            if not running.ended.done():
+                running.ended.set_result("request_finished")
+            self._running.pop(request.request_id, None)
+            outbox.request_ids.discard(request.request_id)
+
+    async def _hand_over(self, running: RunningRequest) -> MigrationNotice:
+        target = running.handover
+        handle = None
+        # A request that has produced nothing yet was queued (or prefilling): it moves
+        # between queues, without KV.
+        if target.mode != MigrationMode.RECOMPUTE.value and running.produced:
+            handle = await self.export_kv(running.token_ids)
+        return MigrationNotice(running.request.request_id, self.replica_id, target.destination, handle, target.mode)
+
+    # ---- migration ----
+    async def migrate_out(
+        self, destination: str, destination_actor: ActorHandle, mode: str = MigrationMode.PRE_COPY.value,
+        request_id: str | None = None, settings: MigrationSettingsSpec = MigrationSettingsSpec(),
+    ) -> MigrationReport:
+        """Moves one running request (`request_id`, or the newest) to `destination`; see
+        actors/migration_source.py. Returns when the subscriber has been told, or when the
+        migration ended without moving the request."""
+        report = await self._migrate(destination, destination_actor, mode, request_id, settings)
+        if self._migration_metrics is not None:
+            self._migration_metrics.record(report)
+        return report
+
+    async def _migrate(
+        self, destination: str, destination_actor: ActorHandle, mode: str, request_id: str | None,
+        settings: MigrationSettingsSpec,
+    ) -> MigrationReport:
+        started = now()
+        running = self._pick_running(request_id)
+        if running is None:
+            return MigrationReport(RequestId(request_id or ""), self.replica_id, destination, mode, "no_request")
+        report = functools.partial(MigrationReport, running.request.request_id, self.replica_id, destination, mode)
+        per_stage, num_bytes = [], 0
+        try:
+            if mode == MigrationMode.PRE_COPY.value:
+                per_stage, num_bytes = await pre_copy(
+                    running, self.spec.block_size, settings, self.export_kv,
+                    lambda handle, tokens: destination_actor.warm.remote(handle, tokens))
+            # The destination must be alive before the request stops here.
+            await asyncio.wait_for(destination_actor.stats.remote(), settings.stage_timeout_s)
+        except (ray.exceptions.RayError, asyncio.TimeoutError) as exc:
+            outcome = "request_finished" if running.ended.done() else "destination_failed"
+            return report(outcome, len(per_stage), tuple(per_stage), num_bytes, now() - started, error=str(exc)[:200])
+        if running.ended.done():
+            return report("request_finished", len(per_stage), tuple(per_stage), num_bytes, now() - started)
+        running.handover = MigrationTarget(destination, mode)
+        await self.abort(running.request.request_id)
+        outcome = await running.ended
+        return report(outcome, len(per_stage) + (outcome == "migrated"), tuple(per_stage), num_bytes, now() - started)
+
+    def _pick_running(self, request_id: str | None) -> RunningRequest | None:
+        candidates = [r for rid, r in self._running.items() if r.handover is None and not r.ended.done()
+                      and (request_id is None or rid == request_id or rid.startswith(f"{request_id}+"))]
+        return candidates[-1] if candidates else None
+
+    def running_request_ids(self) -> list[str]:
+        return list(self._running)
+
+    async def export_kv(self, token_ids: list[int], medium: MediumKind | None = None) -> KVHandle | None:
+        """Stages the KV of `token_ids`' full blocks (prefix-cache hits here; only the tail
+        is computed) and publishes it. None when there is nothing worth moving."""
+        if len(token_ids) + 1 > self._require_engine().model_config.max_model_len:
+            return None
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        probe = TokenRequest(RequestId(f"export-{uuid.uuid4().hex}"), list(token_ids), sampling)
+        return (await self.prefill(probe, medium)).kv_handle
+
+    async def warm(self, handle: KVHandle, token_ids: list[int]) -> int:
+        """Imports `handle` into this engine's prefix cache (a pre-copy stage); returns the
+        blocks it holds for `token_ids` afterwards."""
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        request = TokenRequest(RequestId(f"warm-{uuid.uuid4().hex}"), list(token_ids), sampling, kv_handle=handle,
+                               on_transfer_failure=TransferFailurePolicy.RECOMPUTE)
+        async for _ in self.generate(request):
+            pass
+        return handle.num_blocks
