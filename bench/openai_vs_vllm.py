@@ -7,7 +7,7 @@ benchmark client (`vllm.benchmarks.serve`, random dataset, fixed seed), in one r
 
 Same model, engine arguments (KV cache size included), requests and request rate for all
 three; they run one after another so they never share the CPU. Prints throughput and
-latency ratios against vLLM's server and writes bench/results/openai_vs_vllm.json.
+latency ratios against vLLM's server and writes bench/results/openai_vs_vllm-<model>.json.
 
     .venv/bin/python -m bench.openai_vs_vllm [--model tiny|small|PATH] [--request-rate 8]
 """
@@ -33,7 +33,7 @@ from orchestrator.models import resolve_model
 from orchestrator.serve_app import deploy
 from policies.snapshot import Role
 
-RESULTS = Path(__file__).parent / "results" / "openai_vs_vllm.json"
+RESULTS_DIR = Path(__file__).parent / "results"
 METRICS = ("request_throughput", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
            "p99_tpot_ms", "median_itl_ms", "completed", "idle_one_token_latency_ms")
 PORTS = {"vllm": 8401, "tide-colocated": 8402, "tide-1p1d": 8403}
@@ -139,11 +139,12 @@ def main() -> None:
               f"median TPOT {ratio['median_tpot_ratio']:.3f}x of vLLM's server")
     if set(results) != set(PORTS):
         return  # a partial run does not replace the recorded results
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": vars(args), "metrics": rows, "ratios": ratios,
+    results_path = RESULTS_DIR / f"openai_vs_vllm-{Path(args.model).name}.json"
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps({"args": vars(args), "metrics": rows, "ratios": ratios,
                                    "command": "python -m bench." + Path(__file__).stem + " " + " ".join(sys.argv[1:])},
                                   indent=2))
-    print(f"results: {RESULTS}")
+    print(f"results: {results_path}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def vllm_server(engine: EngineConfig, model_path: str, port: int, log_path: Path
         "--max-model-len", str(engine.max_model_len), "--block-size", str(engine.block_size),
         "--max-num-seqs", str(engine.max_num_seqs), "--max-num-batched-tokens", str(engine.max_num_batched_tokens),
         "--kv-cache-memory-bytes", str(engine.kv_cache_bytes), "--seed", str(engine.seed), "--enforce-eager",
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
         "--port", str(port), "--host", "127.0.0.1",
     ]
     # The environment Tide gives its replicas' engines.
