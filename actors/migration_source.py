@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from actors.kv.medium import KVHandle
 from actors.messages import TokenRequest
+from actors.migration_spec import MigrationSettingsSpec
 from policies.snapshot import RequestId
 
 
@@ -48,14 +49,6 @@ class RunningRequest:
 class MigrationTarget:
     destination: str
     mode: str
-
-
-@dataclass(frozen=True)
-class MigrationSettingsSpec:
-    max_stages: int = 3
-    last_stage_blocks: int = 16
-    # A stage, or the destination's liveness check, slower than this fails the migration.
-    stage_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

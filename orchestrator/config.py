@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.medium import MediumKind
-from actors.migration_source import MigrationSettingsSpec
+from actors.migration_spec import MigrationSettingsSpec
 from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import DataPath, RoutingPolicyKind
 from policies.snapshot import Role
