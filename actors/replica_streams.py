@@ -21,14 +21,8 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from actors.engine_spec import TransferFailurePolicy
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenRequest
-from actors.migration_source import (
-    MigrationReport,
-    MigrationSettingsSpec,
-    MigrationTarget,
-    RunningRequest,
-    now,
-    pre_copy,
-)
+from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, now, pre_copy
+from actors.migration_spec import MigrationSettingsSpec
 from actors.outbox import ChannelItem, MigrationNotice, Outbox, RequestError
 from policies.migration import MigrationMode
 from policies.snapshot import RequestId
