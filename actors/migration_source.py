@@ -4,11 +4,13 @@ request.
 Pre-copy: while the request keeps decoding here, each stage exports the request's full
 blocks (its prompt plus the tokens so far; they sit in this engine's prefix cache, so the
 export computes only the partial tail) and the destination imports them into its own
-prefix cache (`ReplicaActor.warm`). Stages repeat until the blocks not yet copied are at
-most `last_stage_blocks` or `max_stages - 1` stages have run. Then the request is stopped
-at a step boundary (an engine abort), the last export covers everything (the destination
-loads only the blocks its prefix cache lacks), and the subscriber gets a
-`MigrationNotice`: continue on the destination with prompt + streamed tokens and this KV.
+prefix cache (`ReplicaActor.warm`). Stages repeat until at most `last_stage_blocks`
+full blocks are not yet copied or `max_stages - 1` stages have run. Then the request is
+stopped at a step boundary (an engine abort) and the subscriber gets a `MigrationNotice`:
+continue on the destination with prompt + streamed tokens. If the stages left at most
+`last_stage_blocks` uncopied, the destination recomputes those from its prefix cache (no
+export: it would cost the source an engine step); otherwise a last export covers the rest
+(the destination loads only the blocks its prefix cache lacks).
 Stop-and-copy skips the stages; recompute sends no KV.
 
 Failure rules: a destination that fails before the stop leaves the request running here
@@ -49,6 +51,13 @@ class RunningRequest:
 class MigrationTarget:
     destination: str
     mode: str
+    # Full blocks already on the destination, and how many more it may recompute itself.
+    precopied_blocks: int = 0
+    recompute_blocks: int = 0
+
+    def needs_final_export(self, num_tokens: int, block_size: int) -> bool:
+        uncopied = blocks_of(num_tokens, block_size) - self.precopied_blocks
+        return not (self.precopied_blocks and uncopied <= self.recompute_blocks)
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,8 @@ async def pre_copy(
     export, warm_destination,
 ) -> tuple[list[int], int]:
     """Copies the request's full blocks in stages while it keeps running; returns the
-    blocks copied per stage and the bytes moved. `export(tokens) -> KVHandle | None` stages
+    blocks copied per stage and the bytes moved (sum(per_stage) blocks are on the
+    destination). `export(tokens) -> KVHandle | None` stages
     KV on this replica; `warm_destination(handle, tokens)` imports it on the destination."""
     copied, per_stage, num_bytes = 0, [], 0
     for _ in range(settings.max_stages - 1):

@@ -88,8 +88,10 @@ class ChannelStreams:
         handle = None
         # A request that has produced nothing yet was queued (or prefilling): it moves
         # between queues, without KV.
-        if target.mode != MigrationMode.RECOMPUTE.value and running.produced:
-            handle = await self.export_kv(running.token_ids)
+        tokens = running.token_ids
+        if (target.mode != MigrationMode.RECOMPUTE.value and running.produced
+                and target.needs_final_export(len(tokens), self.spec.block_size)):
+            handle = await self.export_kv(tokens)
         return MigrationNotice(running.request.request_id, self.replica_id, target.destination, handle, target.mode)
 
     # ---- migration ----
@@ -127,7 +129,7 @@ class ChannelStreams:
             return report(outcome, len(per_stage), tuple(per_stage), num_bytes, now() - started, error=str(exc)[:200])
         if running.ended.done():
             return report("request_finished", len(per_stage), tuple(per_stage), num_bytes, now() - started)
-        running.handover = MigrationTarget(destination, mode)
+        running.handover = MigrationTarget(destination, mode, sum(per_stage), settings.last_stage_blocks)
         await self.abort(running.request.request_id)
         outcome = await running.ended
         return report(outcome, len(per_stage) + (outcome == "migrated"), tuple(per_stage), num_bytes, now() - started)

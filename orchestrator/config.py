@@ -67,7 +67,8 @@ class MigrationConfig(_Frozen):
     max_per_tick: int = Field(2, ge=0)
     cooldown_s: float = Field(10.0, ge=0, description="no move back along a pair within this time")
     max_stages: int = Field(3, ge=1, description="pre-copy stages, the stop stage included (Llumnix: 3)")
-    last_stage_blocks: int = Field(16, ge=0, description="stop when at most this many blocks are left to copy")
+    last_stage_blocks: int = Field(2, ge=0, description="stop when at most this many blocks are left to copy; "
+                                   "the destination recomputes them")
     stage_timeout_s: float = Field(30.0, gt=0)
 
     def policy_settings(self) -> MigrationSettings:
