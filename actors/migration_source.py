@@ -22,7 +22,6 @@ is aborted) first ends the migration cleanly.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 
 from actors.kv.medium import KVHandle
@@ -102,6 +101,3 @@ async def pre_copy(
         copied = handle.num_blocks
     return per_stage, num_bytes
 
-
-def now() -> float:
-    return time.perf_counter()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -21,11 +23,14 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from actors.engine_spec import TransferFailurePolicy
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenRequest
-from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, now, pre_copy
+from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, pre_copy
 from actors.migration_spec import MigrationSettingsSpec
 from actors.outbox import ChannelItem, MigrationNotice, Outbox, RequestError
 from policies.migration import MigrationMode
 from policies.snapshot import RequestId
+
+
+logger = logging.getLogger(__name__)
 
 
 class ReplicaNotStarted(Exception):
@@ -91,7 +96,11 @@ class ChannelStreams:
         tokens = running.token_ids
         if (target.mode != MigrationMode.RECOMPUTE.value and running.produced
                 and target.needs_final_export(len(tokens), self.spec.block_size)):
-            handle = await self.export_kv(tokens)
+            try:
+                handle = await self.export_kv(tokens)
+            except Exception:  # noqa: BLE001 - the request is stopped: it moves, with or without KV
+                logger.warning("request %s: final KV export failed; the destination recomputes",
+                               running.request.request_id, exc_info=True)
         return MigrationNotice(running.request.request_id, self.replica_id, target.destination, handle, target.mode)
 
     # ---- migration ----
@@ -111,7 +120,7 @@ class ChannelStreams:
         self, destination: str, destination_actor: ActorHandle, mode: str, request_id: str | None,
         settings: MigrationSettingsSpec,
     ) -> MigrationReport:
-        started = now()
+        started = time.perf_counter()
         running = self._pick_running(request_id)
         if running is None:
             return MigrationReport(RequestId(request_id or ""), self.replica_id, destination, mode, "no_request")
@@ -126,13 +135,13 @@ class ChannelStreams:
             await asyncio.wait_for(destination_actor.stats.remote(), settings.stage_timeout_s)
         except (ray.exceptions.RayError, asyncio.TimeoutError) as exc:
             outcome = "request_finished" if running.ended.done() else "destination_failed"
-            return report(outcome, len(per_stage), tuple(per_stage), num_bytes, now() - started, error=str(exc)[:200])
+            return report(outcome, len(per_stage), tuple(per_stage), num_bytes, time.perf_counter() - started, error=str(exc)[:200])
         if running.ended.done():
-            return report("request_finished", len(per_stage), tuple(per_stage), num_bytes, now() - started)
+            return report("request_finished", len(per_stage), tuple(per_stage), num_bytes, time.perf_counter() - started)
         running.handover = MigrationTarget(destination, mode, sum(per_stage), settings.last_stage_blocks)
         await self.abort(running.request.request_id)
         outcome = await running.ended
-        return report(outcome, len(per_stage) + (outcome == "migrated"), tuple(per_stage), num_bytes, now() - started)
+        return report(outcome, len(per_stage) + (outcome == "migrated"), tuple(per_stage), num_bytes, time.perf_counter() - started)
 
     def _pick_running(self, request_id: str | None) -> RunningRequest | None:
         candidates = [r for rid, r in self._running.items() if r.handover is None and not r.ended.done()
@@ -153,7 +162,7 @@ class ChannelStreams:
 
     async def warm(self, handle: KVHandle, token_ids: list[int]) -> int:
         """Imports `handle` into this engine's prefix cache (a pre-copy stage); returns the
-        blocks it holds for `token_ids` afterwards."""
+        number of blocks the handle carried."""
         sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
         request = TokenRequest(RequestId(f"warm-{uuid.uuid4().hex}"), list(token_ids), sampling, kv_handle=handle,
                                on_transfer_failure=TransferFailurePolicy.RECOMPUTE)

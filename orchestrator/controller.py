@@ -270,7 +270,7 @@ class ControllerActor:
                 report = await source.handle.actor.migrate_out.remote(
                     action.destination, destination.handle.actor, action.mode.value,
                     settings=self.config.migration.mechanism_settings())
-                outcome = "ok" if report.outcome == "migrated" else f"failed: {report.outcome}"
+                outcome = "ok" if report.outcome == "migrated" else report.outcome
             except ray.exceptions.RayError as exc:
                 report, outcome = None, f"failed: source unreachable: {type(exc).__name__}"
             self._recent_migrations.append((action.source, action.destination, time.time()))

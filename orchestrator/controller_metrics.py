@@ -50,7 +50,8 @@ class ControllerMetrics:
             "tide_replica_up", "1 if the replica serves (healthy or draining), else 0.", tag_keys=REPLICA_TAGS)
 
     def record_event(self, event: ControllerEvent) -> None:
-        outcome = "ok" if event.outcome == "ok" else "failed"
+        # Outcomes are "ok", a bounded word, or "failed: <details>": the label keeps the word.
+        outcome = event.outcome.split(":", 1)[0]
         self.actions.inc(1, tags={**self._cluster, "kind": event.kind.value, "reason": event.reason,
                                   "outcome": outcome, "pool": event.pool})
         tags = {**self._cluster, "kind": event.kind.value, "pool": event.pool}
