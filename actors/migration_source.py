@@ -6,8 +6,9 @@ blocks (its prompt plus the tokens so far; they sit in this engine's prefix cach
 export computes only the partial tail) and the destination imports them into its own
 prefix cache (`ReplicaActor.warm`). Stages repeat until at most `last_stage_blocks`
 full blocks are not yet copied or `max_stages - 1` stages have run. Then the request is
-stopped at a step boundary (an engine abort) and the subscriber gets a `MigrationNotice`:
-continue on the destination with prompt + streamed tokens. If the stages left at most
+stopped (an engine abort; the token of the step in flight is dropped, not waited for) and
+the subscriber gets a `MigrationNotice`: continue on the destination with prompt +
+streamed tokens. If the stages left at most
 `last_stage_blocks` uncopied, the destination recomputes those from its prefix cache (no
 export: it would cost the source an engine step); otherwise a last export covers the rest
 (the destination loads only the blocks its prefix cache lacks).
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from actors.kv.medium import KVHandle
 from actors.messages import TokenRequest
 from actors.migration_spec import MigrationSettingsSpec
+from actors.outbox import Outbox
 from policies.snapshot import RequestId
 
 
@@ -35,10 +37,12 @@ class RunningRequest:
     """A request the replica streams to a channel subscriber, as far as it has gone."""
 
     request: TokenRequest
+    outbox: Outbox
     produced: list[int] = field(default_factory=list)
-    # Set when the request is to stop here and continue on another replica.
+    # Set when the request stops here and continues on another replica; what the engine
+    # produces after that is dropped.
     handover: MigrationTarget | None = None
-    # Resolved by the pump: "migrated" once the notice is out, "finished" if it ended first.
+    # "migrated" once the notice is out, "request_finished" if the request ended first.
     ended: asyncio.Future | None = None
 
     @property

@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import ray
 from ray.actor import ActorHandle
@@ -64,29 +63,34 @@ class ChannelStreams:
         pump.add_done_callback(self._pumps.discard)
 
     async def _pump(self, request: TokenRequest, outbox: Outbox) -> None:
-        running = RunningRequest(request, ended=asyncio.get_running_loop().create_future())
+        running = RunningRequest(request, outbox, ended=asyncio.get_running_loop().create_future())
         self._running[request.request_id] = running
         try:
             async for delta in self.generate(request):
-                if running.handover is not None and delta.finish_reason == "abort":
-                    # Stopped for a migration: what it produced so far still goes out.
-                    delta = replace(delta, finish_reason=None, stop_reason=None, timings=None)
-                    if delta.token_ids:
-                        running.produced += delta.token_ids
-                        outbox.put(delta)
-                    outbox.put(await self._hand_over(running))
-                    running.ended.set_result("migrated")
-                    return
+                if running.handover is not None:
+                    continue  # handed over: the destination computes from here
                 running.produced += delta.token_ids
                 outbox.put(delta)
+                if delta.finished:
+                    running.ended.set_result("request_finished")
         except Exception as exc:  # noqa: BLE001 - every error goes to the subscriber
-            replica_failed = isinstance(exc, (EngineDeadError, EngineGenerateError, ReplicaNotStarted))
-            outbox.put(RequestError(request.request_id, f"{type(exc).__name__}: {exc}", replica_failed))
+            if running.handover is None:
+                replica_failed = isinstance(exc, (EngineDeadError, EngineGenerateError, ReplicaNotStarted))
+                outbox.put(RequestError(request.request_id, f"{type(exc).__name__}: {exc}", replica_failed))
         finally:
-            if not running.ended.done():
+            if running.handover is None and not running.ended.done():
                 running.ended.set_result("request_finished")
             self._running.pop(request.request_id, None)
             outbox.request_ids.discard(request.request_id)
+
+    async def _stop_and_hand_over(self, running: RunningRequest, target: MigrationTarget) -> None:
+        """Stops the request here and tells the subscriber where it continues. The request
+        is handed over as streamed so far; the step the engine is in the middle of is
+        discarded (the destination computes that token again) instead of waited for."""
+        running.handover = target
+        await self.abort(running.request.request_id)
+        running.outbox.put(await self._hand_over(running))
+        running.ended.set_result("migrated")
 
     async def _hand_over(self, running: RunningRequest) -> MigrationNotice:
         target = running.handover
@@ -138,8 +142,7 @@ class ChannelStreams:
             return report(outcome, len(per_stage), tuple(per_stage), num_bytes, time.perf_counter() - started, error=str(exc)[:200])
         if running.ended.done():
             return report("request_finished", len(per_stage), tuple(per_stage), num_bytes, time.perf_counter() - started)
-        running.handover = MigrationTarget(destination, mode, sum(per_stage), settings.last_stage_blocks)
-        await self.abort(running.request.request_id)
+        await self._stop_and_hand_over(running, MigrationTarget(destination, mode, sum(per_stage), settings.last_stage_blocks))
         outcome = await running.ended
         return report(outcome, len(per_stage) + (outcome == "migrated"), tuple(per_stage), num_bytes, time.perf_counter() - started)
 

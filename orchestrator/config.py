@@ -104,6 +104,14 @@ class ServeSettings(_Frozen):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    direct_ingress: bool = Field(
+        True, description="the ingress replicas listen on `port` themselves (Ray Serve direct ingress); "
+        "false puts Serve's HTTP proxy on `port` in front of them, one more hop per request",
+    )
+    proxy_port: int = Field(
+        8500, gt=0, lt=65535, description="with direct ingress, where Serve's HTTP proxy listens (and its "
+        "fallback proxy on the next port); Ray starts them either way",
+    )
     route_prefix: str = "/"
     num_ingress_replicas: int = Field(1, ge=1)
     api_keys: tuple[str, ...] = Field((), description="accepted Bearer tokens; empty means no authentication")

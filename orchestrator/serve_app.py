@@ -20,6 +20,7 @@ from orchestrator.config import ClusterConfig
 from orchestrator.launcher import controller_name, launch_controller
 from orchestrator.models import resolve_model
 from orchestrator.openai_app import build_openai_app, server_args
+from orchestrator.serve_ingress_env import ray_serve_env
 from orchestrator.token_client import TokenClient
 from policies.routing import make_router
 
@@ -53,27 +54,54 @@ class OpenAIIngress:
             await self.tokens.close()
 
 
-def application(config: ClusterConfig, model_path: str) -> Application:
+def application(config: ClusterConfig, model_path: str, num_ingress_apps: int = 1) -> Application:
     return serve.deployment(OpenAIIngress).options(
         name=INGRESS_NAME,
         num_replicas=config.serve.num_ingress_replicas,
         max_ongoing_requests=MAX_ONGOING_REQUESTS_PER_INGRESS,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": ray_serve_env(config.serve, num_ingress_apps)}},
     ).bind(config, model_path)
 
 
-def deploy(config: ClusterConfig, model_path: str, app_name: str | None = None) -> str:
-    """Starts Serve's HTTP proxy on the configured address and runs the ingress (as Serve
-    application `app_name`, the cluster's name by default); returns the endpoint URL."""
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    serve.run(application(config, model_path), name=app_name or config.name,
-              route_prefix=config.serve.route_prefix, blocking=False)
-    return endpoint_url(config)
+def deploy(config: ClusterConfig, model_path: str, app_name: str | None = None, num_ingress_apps: int = 1) -> str:
+    """Runs the ingress (as Serve application `app_name`, the cluster's name by default)
+    and returns its endpoint URL once it serves. The first deploy on a Ray cluster starts
+    Serve for `num_ingress_apps` such applications (see serve_ingress_env)."""
+    settings = config.serve
+    env = ray_serve_env(settings, num_ingress_apps)
+    serve.start(http_options={"host": settings.host, "port": settings.proxy_port if settings.direct_ingress else settings.port},
+                controller_options={"runtime_env": {"env_vars": env}})
+    app_name = app_name or config.name
+    serve.run(application(config, model_path, num_ingress_apps), name=app_name, route_prefix=settings.route_prefix,
+              blocking=False)
+    if not settings.direct_ingress:
+        return endpoint_url(config)
+    port = direct_ingress_port(app_name, exclude=(settings.proxy_port, settings.proxy_port + 1))
+    if port is None:
+        raise RuntimeError(f"the ingress of {app_name!r} does not serve HTTP itself: Serve on this Ray cluster was "
+                           "started without direct ingress (restart Serve, or set serve.direct_ingress: false)")
+    return endpoint_url(config, port)
 
 
-def endpoint_url(config: ClusterConfig) -> str:
+def direct_ingress_port(app_name: str, exclude: tuple[int, ...]) -> int | None:
+    """The port the app's first ingress replica listens on, from the Serve controller's
+    routing targets (what a load balancer in front of direct ingress reads). Serve lists
+    its proxies (ports `exclude`) while no ingress replica serves."""
+    from ray.serve._private.common import RequestProtocol
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    for group in ray.get(controller.get_target_groups.remote(app_name)):
+        if group.app_name == app_name and group.protocol == RequestProtocol.HTTP and group.targets:
+            ports = [target.port for target in group.targets if target.port not in exclude]
+            if ports:
+                return min(ports)
+    return None
+
+
+def endpoint_url(config: ClusterConfig, port: int | None = None) -> str:
     host = "127.0.0.1" if config.serve.host in ("0.0.0.0", "::") else config.serve.host
-    return f"http://{host}:{config.serve.port}{config.serve.route_prefix.rstrip('/')}"
+    return f"http://{host}:{port or config.serve.port}{config.serve.route_prefix.rstrip('/')}"
 
 
 def undeploy(app_name: str) -> None:

@@ -20,14 +20,15 @@ async def client(controller, cluster_config):
     await client.close()
 
 
-SERVE_PORT = 8321
-REFERENCE_PORT = 8322
+SERVE_PORT = 8321  # and 8322: one port per app (direct ingress)
+PROXY_PORT = 8341
+REFERENCE_PORT = 8329
 
 
 @pytest.fixture(scope="session")
 def openai_urls(engines, cluster_config, tiny_model) -> dict[DataPath, str]:
-    """The cluster behind two OpenAI apps on one Ray Serve proxy: one always colocated,
-    one always prefill -> decode. Maps each data path to its base URL."""
+    """The cluster behind two OpenAI apps, each ingress serving HTTP on its own port: one
+    always colocated, one always prefill -> decode. Maps each data path to its base URL."""
     from ray import serve
 
     from orchestrator.serve_app import deploy
@@ -35,9 +36,9 @@ def openai_urls(engines, cluster_config, tiny_model) -> dict[DataPath, str]:
     urls = {}
     for path in (DataPath.COLOCATED, DataPath.DISAGGREGATED):
         config = cluster_config.model_copy(update={"serve": ServeSettings(
-            port=SERVE_PORT, route_prefix=f"/{path.value}", data_path=path,
+            port=SERVE_PORT, proxy_port=PROXY_PORT, route_prefix=f"/{path.value}", data_path=path,
         )})
-        urls[path] = deploy(config, tiny_model, app_name=f"{config.name}-{path.value}")
+        urls[path] = deploy(config, tiny_model, app_name=f"{config.name}-{path.value}", num_ingress_apps=2)
     for url in urls.values():
         wait_http_ok(f"{url}/health", 180)
     yield urls

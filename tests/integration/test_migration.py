@@ -72,10 +72,10 @@ async def test_migrated_requests_match_the_oracle(client, controller, oracle, pr
     tokens, _ = await stream
     assert tokens == await oracle.greedy.remote(prompt, 400)
     fetched = await _fetched_bytes(colocated, decode)
-    if mode == RECOMPUTE or prompt_len < 32:
+    if mode == RECOMPUTE:
         assert all(r.num_stages <= 1 for r in reports)
-    else:
-        assert fetched > 0, "the destination fetched the request's KV instead of recomputing it"
+    elif prompt_len >= 32:
+        assert fetched > 0, "the destination recomputed the request's KV instead of fetching it"
     if mode == PRE_COPY and prompt_len > 32 * 16:
         assert reports[0].num_stages >= 2 and reports[0].bytes_copied > 0, reports[0]
 
