@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,9 @@ class EngineSpec:
     # vLLM's CPU backend binds OpenMP threads to cores; "nobind" leaves placement to the OS,
     # which is what several engines sharing a few cores need.
     cpu_threads_bind: str | None = None
+    # OpenMP threads of the engine (Ray sets OMP_NUM_THREADS=1 in actors, which the
+    # engine's process would otherwise inherit); None: all cores.
+    cpu_threads: int | None = None
     # The emulated device's power curve (actors/clocks/curves/) and how often its energy
     # is metered.
     power_curve: str = "a100-sxm4-40gb"
@@ -82,7 +86,7 @@ class EngineSpec:
         }
 
     def process_env(self) -> dict[str, str]:
-        env = {}
+        env = {"OMP_NUM_THREADS": str(self.cpu_threads or os.cpu_count() or 1)}
         if self.cpu_threads_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
         return env

@@ -15,17 +15,19 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
-import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
-from vllm import SamplingParams
 
-from actors.messages import TokenRequest
-from orchestrator.config import ClusterConfig, ControllerSettings, EngineConfig, MigrationConfig, PoolConfig
+from bench.token_load import open_loop, pct
+from orchestrator.config import (
+    ClusterConfig,
+    ControllerSettings,
+    EngineConfig,
+    MigrationConfig,
+    PoolConfig,
+)
 from orchestrator.controller import ControllerActor
 from orchestrator.events import ActionKind
 from orchestrator.models import resolve_model
@@ -65,23 +67,6 @@ def workload(num: int, rate: float, cv: float, seed: int, max_output: int) -> Wo
     return Workload(tuple(arrivals), prompts, outputs)
 
 
-async def _request(client: TokenClient, prompt_len: int, output_len: int, rng: random.Random) -> tuple[float, float]:
-    prompt = [rng.randrange(10, 2000) for _ in range(prompt_len)]
-    request = TokenRequest(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=output_len, temperature=0.0,
-                                                                     ignore_eos=True))
-    started = time.perf_counter()
-    first = last = None
-    count = 0
-    async for delta in client.generate(request):
-        if delta.token_ids:
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            count += len(delta.token_ids)
-    tpot = (last - first) / (count - 1) if count > 1 else 0.0
-    return first - started, tpot
-
-
 async def run_setup(name: str, model: str, load: Workload, router, migration: bool, kv_mib: int) -> Result:
     config = ClusterConfig(
         name="bench-skew-" + "".join(c if c.isalnum() else "-" for c in name),
@@ -95,34 +80,21 @@ async def run_setup(name: str, model: str, load: Workload, router, migration: bo
     await controller.start.remote()
     client = TokenClient(controller, router, config.engine.block_size)
     await client.start()
-    rng = random.Random(1)
-    started = time.perf_counter()
-
-    async def later(i: int):
-        await asyncio.sleep(max(0.0, load.arrivals_s[i] - (time.perf_counter() - started)))
-        return await _request(client, load.prompt_lens[i], load.output_lens[i], rng)
-
     try:
-        results = await asyncio.gather(*(later(i) for i in range(len(load.arrivals_s))), return_exceptions=True)
+        results = await open_loop(client, list(load.arrivals_s), list(load.prompt_lens), list(load.output_lens))
         events = await controller.events.remote()
     finally:
         await client.close()
         await controller.stop.remote()
     done = [r for r in results if not isinstance(r, BaseException)]
-    ttfts = sorted(r[0] for r in done)
-    tpots = sorted(r[1] for r in done if r[1] > 0)
+    ttfts = sorted(r.ttft_s for r in done)
+    tpots = sorted(r.tpot_s for r in done if r.tpot_s > 0)
     migrations = sum(1 for e in events if e.kind == ActionKind.MIGRATE and e.outcome == "ok")
-    result = Result(name, len(done), _pct(ttfts, 50), _pct(ttfts, 99), _pct(tpots, 50), _pct(tpots, 99), migrations)
+    result = Result(name, len(done), pct(ttfts, 50), pct(ttfts, 99), pct(tpots, 50), pct(tpots, 99), migrations)
     print(f"[{name}] completed {result.completed}/{len(results)}  TTFT p50 {result.p50_ttft_s * 1e3:.0f} ms "
           f"p99 {result.p99_ttft_s * 1e3:.0f} ms  TPOT p50 {result.p50_tpot_s * 1e3:.1f} ms "
           f"p99 {result.p99_tpot_s * 1e3:.1f} ms  migrations {migrations}", flush=True)
     return result
-
-
-def _pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, round(p) - 1))] if len(values) > 1 else values[0]
 
 
 def main() -> None:

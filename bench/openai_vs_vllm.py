@@ -107,13 +107,16 @@ def main() -> None:
     parser.add_argument("--request-rate", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kv-cache-mb", type=int, default=256)
+    parser.add_argument("--cpu-threads", type=int,
+                        help="OpenMP threads of every engine, vLLM's server included (default: vLLM's server all "
+                             "cores, Tide the cores shared by its replicas)")
     parser.add_argument("--only", nargs="+", choices=tuple(PORTS), default=tuple(PORTS),
                         help="run a subset (ratios need vllm)")
     args = parser.parse_args()
 
     model_path = str(resolve_model(args.model))
     engine = EngineConfig(model=model_path, served_model_name=args.served_model_name,
-                          kv_cache_bytes=args.kv_cache_mb << 20, cpu_threads_bind="nobind")
+                          kv_cache_bytes=args.kv_cache_mb << 20, cpu_threads_bind="nobind", cpu_threads=args.cpu_threads)
     out_dir = Path(tempfile.mkdtemp(prefix="tide-bench-"))
     runs = {
         "vllm": lambda: run_vllm_server(engine, model_path, args, out_dir),

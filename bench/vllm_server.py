@@ -30,7 +30,8 @@ def vllm_server(engine: EngineConfig, model_path: str, port: int, log_path: Path
         "--port", str(port), "--host", "127.0.0.1",
     ]
     # The environment Tide gives its replicas' engines.
-    env = {**os.environ, **({"VLLM_CPU_OMP_THREADS_BIND": engine.cpu_threads_bind} if engine.cpu_threads_bind else {})}
+    env = {**os.environ, **({"VLLM_CPU_OMP_THREADS_BIND": engine.cpu_threads_bind} if engine.cpu_threads_bind else {}),
+           **({"OMP_NUM_THREADS": str(engine.cpu_threads)} if engine.cpu_threads else {})}
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "w") as log:
         server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)

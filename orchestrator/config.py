@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,10 @@ class EngineConfig(_Frozen):
     seed: int = 0
     cpu_threads_bind: str | None = Field(
         None, description="VLLM_CPU_OMP_THREADS_BIND for each engine ('nobind' when engines share cores)"
+    )
+    cpu_threads: int | None = Field(
+        None, ge=1, description="OpenMP threads per engine on CPU; empty: this machine's cores shared evenly by the "
+        "cluster's replicas (set it when replicas spread over several nodes)",
     )
 
 
@@ -162,6 +167,11 @@ class ClusterConfig(_Frozen):
                 return pool
         raise KeyError(name)
 
+    def _cpu_threads_per_replica(self) -> int:
+        """Engines that share cores must not each run a thread per core: OpenMP threads
+        that outnumber the cores spin against each other."""
+        return max(1, (os.cpu_count() or 1) // max(1, sum(p.num_replicas for p in self.pools)))
+
     def engine_spec(self, model_path: str) -> EngineSpec:
         e = self.engine
         return EngineSpec(
@@ -171,7 +181,8 @@ class ClusterConfig(_Frozen):
             enforce_eager=e.enforce_eager, seed=e.seed, medium=self.kv.medium, shm_dir=f"{self.kv.shm_dir}/{self.name}",
             disk_dir=f"{self.kv.disk_dir}/{self.name}", on_transfer_failure=self.kv.on_failure,
             kv_fetch_timeout_s=self.kv.fetch_timeout_s, staged_kv_ttl_s=self.kv.staged_ttl_s,
-            cpu_threads_bind=e.cpu_threads_bind, power_curve=self.clocks.power_curve,
+            cpu_threads_bind=e.cpu_threads_bind, cpu_threads=e.cpu_threads or self._cpu_threads_per_replica(),
+            power_curve=self.clocks.power_curve,
             energy_meter_s=self.clocks.energy_meter_s,
         )
 

@@ -79,7 +79,10 @@ class TokenClient:
         while True:
             await asyncio.sleep(self._refresh_s)
             try:
-                self._table = await asyncio.wait_for(self._controller.routing_table.remote(), 5.0)
+                table = await asyncio.wait_for(self._controller.routing_table.remote(), 5.0)
+                if self._table is None or table.snapshot.version != self._table.snapshot.version:
+                    self._router_state = self._router_state.on_new_snapshot()
+                self._table = table
             except (ray.exceptions.RayError, asyncio.TimeoutError):
                 self.num_refresh_failures += 1
 

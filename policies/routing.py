@@ -31,10 +31,29 @@ class RequestDemand:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """Work a router sent a replica that its snapshot does not show yet."""
+
+    num_requests: int = 0
+    num_prompt_tokens: int = 0
+    num_blocks: int = 0
+
+    def plus(self, demand: RequestDemand) -> Sent:
+        return Sent(self.num_requests + 1, self.num_prompt_tokens + demand.num_prompt_tokens,
+                    self.num_blocks + demand.num_blocks)
+
+
+NOTHING_SENT = Sent()
+
+
+@dataclass(frozen=True)
 class RouterState:
-    """What a router carries between decisions (a round-robin cursor per role)."""
+    """What a router carries between decisions: a round-robin cursor per role, and what it
+    sent each replica since the snapshot it routes on was taken (so a burst between two
+    snapshots spreads instead of piling onto the replica that looked freest)."""
 
     cursors: tuple[tuple[Role, int], ...] = ()
+    sent: tuple[tuple[ReplicaId, Sent], ...] = ()
 
     def cursor(self, role: Role) -> int:
         return dict(self.cursors).get(role, 0)
@@ -42,7 +61,19 @@ class RouterState:
     def advanced(self, role: Role) -> RouterState:
         cursors = dict(self.cursors)
         cursors[role] = cursors.get(role, 0) + 1
-        return RouterState(tuple(sorted(cursors.items(), key=lambda kv: kv[0].value)))
+        return RouterState(tuple(sorted(cursors.items(), key=lambda kv: kv[0].value)), self.sent)
+
+    def sent_by_replica(self) -> dict[ReplicaId, Sent]:
+        return dict(self.sent)
+
+    def after_sending(self, replica_id: ReplicaId, demand: RequestDemand) -> RouterState:
+        sent = self.sent_by_replica()
+        sent[replica_id] = sent.get(replica_id, NOTHING_SENT).plus(demand)
+        return RouterState(self.cursors, tuple(sent.items()))
+
+    def on_new_snapshot(self) -> RouterState:
+        """The new snapshot counts what was sent before it."""
+        return RouterState(self.cursors)
 
 
 class NoReplicaAvailable(Exception):
@@ -73,17 +104,17 @@ class RoundRobinRouter:
         return chosen.replica_id, state.advanced(role)
 
 
-def decode_freeness(replica: ReplicaSnapshot, demand: RequestDemand) -> float:
+def decode_freeness(replica: ReplicaSnapshot, demand: RequestDemand, sent: Sent = NOTHING_SENT) -> float:
     """Llumnix freeness: decode steps the batch can still run, (free - demand) / batch.
 
     Free blocks are reduced by the head-of-line waiting request's demand, so a replica
     with a queue looks loaded even while its running batch is small."""
-    free = replica.num_free_blocks - replica.num_head_waiting_blocks - demand.num_blocks
-    return free / (replica.num_running + replica.num_waiting + 1)
+    free = replica.num_free_blocks - sent.num_blocks - replica.num_head_waiting_blocks - demand.num_blocks
+    return free / (replica.num_running + replica.num_waiting + sent.num_requests + 1)
 
 
-def prefill_backlog(replica: ReplicaSnapshot) -> int:
-    return replica.num_queued_prompt_tokens
+def prefill_backlog(replica: ReplicaSnapshot, sent: Sent = NOTHING_SENT) -> int:
+    return replica.num_queued_prompt_tokens + sent.num_prompt_tokens
 
 
 class LoadAwareRouter:
@@ -94,15 +125,21 @@ class LoadAwareRouter:
         self, candidates: Sequence[ReplicaSnapshot], role: Role, demand: RequestDemand, state: RouterState
     ) -> tuple[ReplicaId, RouterState]:
         serving = _serving(candidates, role)
+        sent = state.sent_by_replica()
+
+        def sent_to(r: ReplicaSnapshot) -> Sent:
+            return sent.get(r.replica_id, NOTHING_SENT)
+
         if role == Role.DECODE:
-            chosen = max(serving, key=lambda r: (decode_freeness(r, demand), _reverse_id(r)))
+            chosen = max(serving, key=lambda r: (decode_freeness(r, demand, sent_to(r)), _reverse_id(r)))
         elif role == Role.PREFILL:
-            chosen = min(serving, key=lambda r: (prefill_backlog(r), r.replica_id))
+            chosen = min(serving, key=lambda r: (prefill_backlog(r, sent_to(r)), r.replica_id))
         else:
             # Colocated replicas both prefill and decode: queued prompt work first, then
             # decode headroom.
-            chosen = min(serving, key=lambda r: (prefill_backlog(r), -decode_freeness(r, demand), r.replica_id))
-        return chosen.replica_id, state
+            chosen = min(serving, key=lambda r: (prefill_backlog(r, sent_to(r)), -decode_freeness(r, demand, sent_to(r)),
+                                                 r.replica_id))
+        return chosen.replica_id, state.after_sending(chosen.replica_id, demand)
 
 
 def _reverse_id(replica: ReplicaSnapshot) -> tuple[int, ...]:

@@ -17,8 +17,10 @@ from orchestrator.models import resolve_model
 from policies.snapshot import Role
 from tests.oracle import PlainEngine
 
+# Three engines share two cores: one thread each.
 TEST_ENGINE = EngineConfig(
-    model="tiny", kv_cache_bytes=96 << 20, max_model_len=2048, max_num_seqs=32, cpu_threads_bind="nobind"
+    model="tiny", kv_cache_bytes=96 << 20, max_model_len=2048, max_num_seqs=32, cpu_threads_bind="nobind",
+    cpu_threads=1,
 )
 
 

@@ -67,3 +67,19 @@ def test_decode_ties_go_to_lowest_id():
     replicas = [replica("d-1", num_free_blocks=10), replica("d-0", num_free_blocks=10)]
     replica_id, _ = LoadAwareRouter().choose(replicas, Role.DECODE, DEMAND, RouterState())
     assert replica_id == "d-0"
+
+
+def test_load_aware_spreads_a_burst_between_two_snapshots():
+    """Requests routed on the same snapshot count against the replica they went to, so a
+    burst does not pile onto the replica that looked freest."""
+    replicas = [replica("d-0", num_running=2, num_free_blocks=100), replica("d-1", num_running=2, num_free_blocks=100)]
+    router, state, chosen = LoadAwareRouter(), RouterState(), []
+    for _ in range(6):
+        replica_id, state = router.choose(replicas, Role.DECODE, DEMAND, state)
+        chosen.append(replica_id)
+    assert chosen.count("d-0") == 3 and chosen.count("d-1") == 3
+    assert state.on_new_snapshot().sent == ()
+    prefill = [replica("p-0", role=Role.PREFILL), replica("p-1", role=Role.PREFILL)]
+    first, state = router.choose(prefill, Role.PREFILL, DEMAND, RouterState())
+    second, _ = router.choose(prefill, Role.PREFILL, DEMAND, state)
+    assert first != second

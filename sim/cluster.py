@@ -1,0 +1,234 @@
+"""The discrete-event simulation of a Tide cluster: arrivals routed by the ingress's
+router on a periodically refreshed snapshot, replicas stepping, prefill -> decode
+handoffs over a link, and a controller tick that runs the same pure policies as the real
+controller and hands their actions to `SimExecutor`."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from policies.repair import InFlight, decide_repairs
+from policies.routing import RequestDemand, RouterState, make_router
+from policies.migration import decide_migrations
+from policies.snapshot import ClusterSnapshot, PoolSnapshot, ReplicaId, Role
+from sim.config import SimConfig
+from sim.cost_model import StepCostModel
+from sim.executor import SimExecutor
+from sim.metrics import LogHistogram, latency_summary
+from sim.replica import SimReplica
+from sim.sequence import RequestRecord, SimSequence
+from sim.workload import SimRequest
+
+
+class Event(IntEnum):
+    STEP_END = 0
+    DELIVER = 1
+    ARRIVE = 2
+    MIGRATION_STOP = 3
+    TICK = 4
+
+
+@dataclass
+class Timeline:
+    """Per-tick samples: (time, replica, running, waiting, KV usage)."""
+
+    rows: list[tuple[float, str, int, int, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SimResult:
+    calibration: str
+    calibration_source: str
+    summary: dict
+    simulated_s: float
+    wall_s: float
+    num_events: int
+    actions: dict[str, int]
+    timeline: Timeline
+    records: list[RequestRecord]
+
+    def to_json(self) -> dict:
+        return {"calibration": self.calibration, "calibration_source": self.calibration_source, **self.summary,
+                "simulated_s": self.simulated_s, "wall_s": self.wall_s, "num_events": self.num_events,
+                "simulated_s_per_wall_s": self.simulated_s / self.wall_s if self.wall_s else None,
+                "actions": self.actions}
+
+
+class Simulation:
+    def __init__(self, config: SimConfig, cost: StepCostModel | None = None):
+        """`cost` overrides the calibration named in `config`."""
+        self.config = config
+        cost = cost or StepCostModel.load(config.calibration)
+        self.cost = cost.with_capacity(config.num_blocks) if config.num_blocks else cost
+        self.now_s = 0.0
+        self.replicas: dict[ReplicaId, SimReplica] = {}
+        self.target_sizes = {p.name: p.num_replicas for p in config.pools}
+        self._pool_roles = {p.name: p.role for p in config.pools}
+        self._pool_clocks = {p.name: p.clock_frac for p in config.pools}
+        self._events: list = []
+        self._counter = itertools.count()
+        self._ids = itertools.count()
+        self._router = make_router(config.routing)
+        self._router_state = RouterState()
+        self._routing_snapshot: ClusterSnapshot | None = None
+        self._snapshot_version = 0
+        self.itl = LogHistogram()
+        self.timeline = Timeline()
+        self.executor = SimExecutor(self)
+        self.num_events = 0
+        for pool in config.pools:
+            for _ in range(pool.num_replicas):
+                self.add_replica(pool.name)
+
+    # ---- cluster membership (the executor's) ----
+    def add_replica(self, pool: str) -> SimReplica:
+        replica_id = ReplicaId(f"{pool}-{next(self._ids)}")
+        replica = SimReplica(replica_id, pool, self._pool_roles[pool], self.cost, self._pool_clocks[pool],
+                             self.config.max_decode_run_steps)
+        self.replicas[replica_id] = replica
+        return replica
+
+    def remove_replica(self, replica_id: ReplicaId) -> None:
+        replica = self.replicas.pop(replica_id)
+        replica.version += 1  # its pending step end is void
+        for seq in replica.running + list(replica.waiting):
+            self.recompute_elsewhere(seq)
+
+    # ---- running ----
+    def run(self, requests: list[SimRequest], until_s: float | None = None) -> SimResult:
+        started = time.perf_counter()
+        records = [RequestRecord(r) for r in requests]
+        for record in records:
+            # The serving path's fixed latency: the request reaches the ingress's router then.
+            self._push(record.request.arrival_s + self.cost.request_overhead_s, Event.ARRIVE, record)
+        self._push(0.0, Event.TICK, None)
+        last_arrival = max((r.arrival_s for r in requests), default=0.0)
+        horizon = until_s if until_s is not None else float("inf")
+        unfinished = len(records)
+        while self._events and unfinished:
+            at, _, kind, payload = heapq.heappop(self._events)
+            if at > horizon:
+                break
+            self.now_s = at
+            self.num_events += 1
+            if kind == Event.STEP_END:
+                unfinished -= self._on_step_end(*payload)
+            elif kind == Event.ARRIVE:
+                self._route_new(SimSequence.fresh(payload))
+            elif kind == Event.DELIVER:
+                self._deliver(*payload)
+            elif kind == Event.MIGRATION_STOP:
+                self.executor.stop_for_migration(*payload)
+            elif kind == Event.TICK:
+                self._tick()
+                if self._events:
+                    self._push(at + self.config.tick_s, Event.TICK, None)
+                # else: nothing left can happen (a request that fits no replica never finishes)
+        span = max(last_arrival, 1e-9)
+        summary = latency_summary(records, self.itl, self.config.slo, span)
+        return SimResult(self.cost.name, self.cost.source, summary, self.now_s,
+                         time.perf_counter() - started, self.num_events, dict(self.executor.counts), self.timeline, records)
+
+    def _push(self, at_s: float, kind: Event, payload) -> None:
+        heapq.heappush(self._events, (at_s, next(self._counter), kind, payload))
+
+    def wake(self, replica: SimReplica) -> None:
+        """Something new for `replica`: start a step if idle, or end a decode run early."""
+        if replica.idle:
+            ends = replica.start_step(self.now_s)
+            if ends is not None:
+                self._push(ends, Event.STEP_END, (replica.replica_id, replica.version))
+        else:
+            version = replica.version
+            ends = replica.cut_short(self.now_s)
+            if replica.version != version:
+                self._push(ends, Event.STEP_END, (replica.replica_id, replica.version))
+
+    def deliver_later(self, at_s: float, replica_id: ReplicaId, seq: SimSequence) -> None:
+        self._push(at_s, Event.DELIVER, (replica_id, seq))
+
+    def stop_later(self, at_s: float, *payload) -> None:
+        self._push(at_s, Event.MIGRATION_STOP, payload)
+
+    def _on_step_end(self, replica_id: ReplicaId, version: int) -> int:
+        replica = self.replicas.get(replica_id)
+        if replica is None or replica.version != version:
+            return 0
+        outcome = replica.finish_step()
+        for duration, num_tokens in outcome.decode_steps:
+            self.itl.add(duration, num_tokens)
+        for seq in outcome.handed_off:
+            self._hand_off(seq)
+        for seq in outcome.stopped:
+            self.executor.migrated_out(seq)
+        if replica.has_work:
+            self.wake(replica)
+        return len(outcome.finished)
+
+    def _hand_off(self, seq: SimSequence) -> None:
+        """Prefill done: the KV goes to a decode replica over the handoff link."""
+        moved = SimSequence(seq.record, target_tokens=seq.num_computed, num_computed=seq.num_computed,
+                            num_generated=seq.num_generated)
+        decode = self._choose(Role.DECODE, moved)
+        seconds = self.config.handoff_link.seconds(self.cost.kv_bytes(seq.num_computed))
+        self.deliver_later(self.now_s + seconds, decode, moved)
+
+    def _deliver(self, replica_id: ReplicaId, seq: SimSequence) -> None:
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return self.recompute_elsewhere(seq)
+        replica.add(seq)
+        self.wake(replica)
+
+    def _route_new(self, seq: SimSequence) -> None:
+        role = Role.PREFILL if self.config.disaggregated else Role.COLOCATED
+        replica = self.replicas[self._choose(role, seq)]
+        replica.add(seq)
+        self.wake(replica)
+
+    def recompute_elsewhere(self, seq: SimSequence) -> None:
+        """Its KV is gone (its replica was removed): the ingress replays prompt plus the
+        tokens so far, as it does when a replica dies."""
+        self._route_new(SimSequence(seq.record, seq.num_tokens, num_generated=seq.num_generated))
+
+    def _choose(self, role: Role, seq: SimSequence) -> ReplicaId:
+        snapshot = self.routing_snapshot()
+        demand = RequestDemand(seq.target_tokens, -(-seq.num_tokens // self.cost.block_size))
+        candidates = [r for r in snapshot.serving(role) if r.replica_id in self.replicas]
+        replica_id, self._router_state = self._router.choose(candidates, role, demand, self._router_state)
+        return replica_id
+
+    # ---- snapshots and the controller ----
+    def routing_snapshot(self) -> ClusterSnapshot:
+        snap = self._routing_snapshot
+        if snap is None or self.now_s - snap.taken_at_s >= self.config.routing_refresh_s:
+            snap = self._routing_snapshot = self.snapshot()
+            self._router_state = self._router_state.on_new_snapshot()
+        return snap
+
+    def snapshot(self) -> ClusterSnapshot:
+        self._snapshot_version += 1
+        by_pool: dict[str, list] = {name: [] for name in self.target_sizes}
+        for replica in self.replicas.values():
+            by_pool[replica.pool].append(replica.snapshot(self.now_s))
+        pools = tuple(PoolSnapshot(name, self._pool_roles[name], self.target_sizes[name], tuple(replicas))
+                      for name, replicas in by_pool.items())
+        return ClusterSnapshot(self._snapshot_version, self.now_s, pools)
+
+    def _tick(self) -> None:
+        snapshot = self.snapshot()
+        actions = list(decide_repairs(snapshot, InFlight()))
+        plan = self.config.migration
+        if plan is not None:
+            actions += decide_migrations(snapshot, self.executor.migration_history(self.now_s), plan.settings,
+                                         self.now_s, plan.mode)
+        for action in actions:
+            self.executor.execute(action)
+        if len(self.replicas) <= self.config.max_timeline_replicas:
+            for pool in snapshot.pools:
+                for r in pool.replicas:
+                    self.timeline.rows.append((self.now_s, r.replica_id, r.num_running, r.num_waiting, r.kv_usage_frac))

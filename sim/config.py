@@ -1,0 +1,78 @@
+"""What a simulation runs: pools, calibration, routing, the controller's policies and
+the KV transfer links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.migration import MigrationMode, MigrationSettings
+from policies.routing import RoutingPolicyKind
+from policies.snapshot import Role
+from sim.metrics import SLO
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class SimPool:
+    name: str
+    role: Role
+    num_replicas: int
+    clock_frac: float = 1.0
+
+
+@dataclass(frozen=True)
+class TransferLink:
+    """A KV transfer medium as the simulator sees it: fixed latency plus bytes over bandwidth."""
+
+    name: str
+    bandwidth_bytes_s: float
+    latency_s: float = 0.0
+
+    def seconds(self, num_bytes: int) -> float:
+        return self.latency_s + num_bytes / self.bandwidth_bytes_s
+
+
+# Nominal link speeds (per direction) for the prefill -> decode and migration transfers.
+LINKS = {
+    "nvlink": TransferLink("nvlink", 300 * GB, 20e-6),
+    "rdma": TransferLink("rdma", 25 * GB, 50e-6),
+    "pcie": TransferLink("pcie", 25 * GB, 20e-6),
+    "dram": TransferLink("dram", 10 * GB, 100e-6),
+    "disk": TransferLink("disk", 2 * GB, 1e-3),
+}
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """Live migration as the controller runs it (Llumnix: multi-stage pre-copy, a last
+    stage of at most `last_stage_blocks` blocks)."""
+
+    settings: MigrationSettings = MigrationSettings()
+    mode: MigrationMode = MigrationMode.PRE_COPY
+    last_stage_blocks: int = 16
+    link: TransferLink = LINKS["dram"]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    pools: tuple[SimPool, ...]
+    calibration: str = "cpu-tiny"
+    routing: RoutingPolicyKind = RoutingPolicyKind.LOAD_AWARE
+    # The ingress routes on a snapshot this old at most (Tide: serve.routing_refresh_s).
+    routing_refresh_s: float = 0.2
+    tick_s: float = 1.0
+    handoff_link: TransferLink = LINKS["dram"]
+    migration: MigrationPlan | None = None
+    slo: SLO = SLO()
+    # Per-replica timelines are kept up to this many replicas.
+    max_timeline_replicas: int = 64
+    # KV pool per replica in blocks; None: the calibration's.
+    num_blocks: int | None = None
+    # Longest run of decode steps simulated as one event (1: step by step, to check runs).
+    max_decode_run_steps: int | None = None
+
+    @property
+    def disaggregated(self) -> bool:
+        roles = {p.role for p in self.pools}
+        return Role.PREFILL in roles and Role.DECODE in roles

@@ -1,0 +1,105 @@
+"""How long one engine step takes, as data.
+
+    step_s = base_s + prefill_token_s * prefill_tokens + decode_seq_s * decode_seqs
+             + context_token_s * context_tokens
+
+(context_tokens: the tokens the step's attention reads, summed over the batch), and a
+request reaches its replica `request_overhead_s` after it arrives. The coefficients come
+from a calibration file: measured here on a real engine alone (`python -m sim.calibrate`)
+or on the real serving path, front door included (`python -m sim.calibrate_cluster`), or
+derived from a published GPU profile; every simulation result names the calibration it
+used. A clock below the maximum stretches the
+compute-bound share of a step (see `step_s`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+CALIBRATIONS_DIR = Path(__file__).parent / "calibrations"
+
+
+@dataclass(frozen=True)
+class StepCostModel:
+    name: str
+    # Where the numbers come from: the machine and command, or the publication.
+    source: str
+    base_s: float
+    prefill_token_s: float
+    decode_seq_s: float
+    context_token_s: float
+    # The engine the coefficients describe.
+    block_size: int
+    num_blocks: int
+    kv_bytes_per_token: int
+    weight_bytes: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    # Share of a step that scales with 1/clock (compute); the rest (memory traffic) does not.
+    compute_bound_frac: float = 0.5
+    # From a request's arrival to its replica's queue (the serving path's fixed latency;
+    # 0 for an engine profiled alone).
+    request_overhead_s: float = 0.0
+
+    def step_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int, clock_frac: float = 1.0) -> float:
+        """One step at `clock_frac` of the maximum clock."""
+        at_max = (self.base_s + self.prefill_token_s * prefill_tokens + self.decode_seq_s * decode_seqs
+                  + self.context_token_s * context_tokens)
+        return at_max * (1.0 - self.compute_bound_frac + self.compute_bound_frac / clock_frac)
+
+    def decode_run_s(self, num_steps: int, batch: int, context_tokens: int, clock_frac: float = 1.0) -> float:
+        """`num_steps` decode-only steps of `batch` sequences starting from `context_tokens`
+        cached tokens (each step reads one more token per sequence): an arithmetic series."""
+        first = self.step_s(0, batch, context_tokens + batch, clock_frac)
+        growth = self.step_s(0, 0, batch, clock_frac) - self.step_s(0, 0, 0, clock_frac)
+        return num_steps * first + growth * num_steps * (num_steps - 1) / 2
+
+    def kv_bytes(self, num_tokens: int) -> int:
+        return num_tokens * self.kv_bytes_per_token
+
+    def with_capacity(self, num_blocks: int) -> StepCostModel:
+        return replace(self, num_blocks=num_blocks)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> StepCostModel:
+        path = Path(name_or_path)
+        if not path.exists():
+            path = CALIBRATIONS_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in CALIBRATIONS_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"no calibration {name_or_path!r}; known: {', '.join(known)}")
+        return cls(**yaml.safe_load(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+
+
+@dataclass(frozen=True)
+class StepSample:
+    prefill_tokens: int
+    decode_seqs: int
+    context_tokens: int
+    step_s: float
+
+
+def fit_coefficients(samples: list[StepSample]) -> tuple[float, float, float, float]:
+    """Least-squares (base, per prefill token, per decode sequence, per context token),
+    each kept non-negative (a negative cost is noise, refit without that term)."""
+    x = np.array([[1.0, s.prefill_tokens, s.decode_seqs, s.context_tokens] for s in samples])
+    y = np.array([s.step_s for s in samples])
+    active = list(range(4))
+    while True:
+        coef, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        negative = [i for i, c in zip(active, coef) if c < 0]
+        if not negative:
+            break
+        active.remove(min(negative, key=lambda i: coef[active.index(i)]))
+    full = [0.0] * 4
+    for i, c in zip(active, coef):
+        full[i] = float(c)
+    return full[0], full[1], full[2], full[3]

@@ -1,0 +1,284 @@
+"""A simulated vLLM replica: a paged KV pool, continuous batching with chunked prefill
+and recompute preemption, as vLLM v1's scheduler does it, timed by a `StepCostModel`.
+
+A run of decode-only steps with nothing to admit is simulated as one "macro-step" (its
+length is known: until the first sequence finishes or the blocks run out), and cut short
+at the next step boundary when something arrives. That is what makes an hour of a
+thousand replicas affordable; the result is the same as stepping one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
+from sim.cost_model import StepCostModel
+from sim.sequence import SimSequence
+
+
+@dataclass
+class StepOutcome:
+    """What a (macro-)step produced, for the simulation to act on."""
+
+    finished: list[SimSequence] = field(default_factory=list)
+    # Prefill replicas: sequences whose prompt is done, to hand to a decode replica.
+    handed_off: list[SimSequence] = field(default_factory=list)
+    # Sequences a migration stopped here.
+    stopped: list[SimSequence] = field(default_factory=list)
+    # (step duration, sequences that produced a token in each such step, number of steps)
+    decode_steps: list[tuple[float, int]] = field(default_factory=list)
+
+
+class SimReplica:
+    def __init__(self, replica_id: ReplicaId, pool: str, role: Role, cost: StepCostModel, clock_frac: float = 1.0,
+                 max_run_steps: int | None = None):
+        self.replica_id = replica_id
+        self.max_run_steps = max_run_steps
+        self.pool = pool
+        self.role = role
+        self.cost = cost
+        self.clock_frac = clock_frac
+        self.health = Health.HEALTHY
+        self.waiting: deque[SimSequence] = deque()
+        self.running: list[SimSequence] = []
+        self.free_blocks = cost.num_blocks
+        # The (macro-)step in progress: its sequences and chunks, start, length in steps.
+        self._batch: list[tuple[SimSequence, int]] = []
+        self._step_started_s = 0.0
+        self._num_steps = 0
+        self._context_at_start = 0
+        self.step_ends_s: float | None = None
+        # Bumped whenever the step in progress changes, so stale end events are ignored.
+        self.version = 0
+        self.busy_s = 0.0
+        self._recent_step_s = 0.0
+
+    # ---- the simulation's interface ----
+    def add(self, sequence: SimSequence) -> None:
+        self.waiting.append(sequence)
+
+    @property
+    def idle(self) -> bool:
+        return self.step_ends_s is None
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def start_step(self, now_s: float) -> float | None:
+        """Plans the next (macro-)step from `now_s`; returns when it ends (None: nothing to do)."""
+        self._batch, decode_only, admission_stuck = self._schedule()
+        if not self._batch:
+            self.step_ends_s = None
+            return None
+        prefill_tokens = sum(chunk for seq, chunk in self._batch if seq.in_prefill)
+        context = sum(seq.num_computed + chunk for seq, chunk in self._batch)
+        num_steps = 1
+        if decode_only and (not self.waiting or admission_stuck):
+            num_steps = self._decode_run_length()
+        self._step_started_s = now_s
+        self._num_steps = num_steps
+        self._context_at_start = context - len(self._batch)
+        if num_steps == 1:
+            duration = self.cost.step_s(prefill_tokens, len(self._batch) - self._num_prefilling(), context, self.clock_frac)
+        else:
+            duration = self._decode_run_s(num_steps)
+            self._reserve_blocks(num_steps)
+        self.step_ends_s = now_s + duration
+        self.version += 1
+        return self.step_ends_s
+
+    def cut_short(self, now_s: float) -> float | None:
+        """Ends the macro-step in progress at the first step boundary at or after `now_s`
+        (something arrived that the next step may take). Returns the new end time."""
+        if self.step_ends_s is None or self._num_steps == 1:
+            return self.step_ends_s
+        elapsed = now_s - self._step_started_s
+        lo, hi = 1, self._num_steps
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._decode_run_s(mid) >= elapsed:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < self._num_steps:
+            self._release_blocks(lo)
+            self._num_steps = lo
+            self.step_ends_s = self._step_started_s + self._decode_run_s(lo)
+            self.version += 1
+        return self.step_ends_s
+
+    def finish_step(self) -> StepOutcome:
+        """Applies the (macro-)step that just ended."""
+        outcome = StepOutcome()
+        ended_s = self.step_ends_s
+        duration = ended_s - self._step_started_s
+        self.busy_s += duration
+        self._recent_step_s = duration / self._num_steps
+        n = self._num_steps
+        if n > 1:
+            for k in range(n):
+                outcome.decode_steps.append((self._decode_run_s(k + 1) - self._decode_run_s(k), len(self._batch)))
+        else:
+            decoding = sum(1 for seq, _ in self._batch if not seq.in_prefill)
+            if decoding:
+                outcome.decode_steps.append((duration, decoding))
+        for seq, chunk in self._batch:
+            was_prefilling = seq.in_prefill
+            seq.num_computed += chunk if n == 1 else n
+            if seq.in_prefill:
+                continue  # a chunk of a longer prompt
+            seq.num_generated += 1 if n == 1 else n
+            if seq.record.first_token_s < 0:
+                seq.record.first_token_s = ended_s
+            if seq.remaining_output <= 0:
+                seq.record.finish_s = ended_s
+                self._drop(seq)
+                outcome.finished.append(seq)
+            elif self.role == Role.PREFILL and was_prefilling:
+                self._drop(seq)
+                outcome.handed_off.append(seq)
+            elif seq.stopping:
+                self._drop(seq)
+                outcome.stopped.append(seq)
+        for seq in [s for s in self.running if s.stopping]:
+            self._drop(seq)  # stopped while prefilling a chunk: moves with its computed KV
+            outcome.stopped.append(seq)
+        self._batch = []
+        self.step_ends_s = None
+        return outcome
+
+    def take_running(self, newest: int) -> list[SimSequence]:
+        """The `newest` running sequences that are decoding and not already moving."""
+        return [s for s in reversed(self.running) if not s.in_prefill and s.migration is None][:newest]
+
+    def remove_waiting(self) -> list[SimSequence]:
+        taken = list(self.waiting)
+        self.waiting.clear()
+        for seq in taken:
+            self.free_blocks += seq.num_blocks
+            seq.num_blocks = 0
+        return taken
+
+    def snapshot(self, now_s: float) -> ReplicaSnapshot:
+        head = self.waiting[0] if self.waiting else None
+        bs = self.cost.block_size
+        return ReplicaSnapshot(
+            replica_id=self.replica_id, pool=self.pool, role=self.role, health=self.health,
+            num_running=len(self.running), num_waiting=len(self.waiting),
+            num_total_blocks=self.cost.num_blocks, num_free_blocks=self.free_blocks,
+            num_head_waiting_blocks=_blocks(head.num_tokens, bs) if head else 0,
+            num_waiting_blocks=sum(_blocks(s.num_tokens, bs) for s in self.waiting),
+            num_queued_prompt_tokens=sum(s.target_tokens - s.num_computed for s in self.waiting)
+            + sum(s.target_tokens - s.num_computed for s in self.running if s.in_prefill),
+            mean_step_s=self._recent_step_s, observed_at_s=now_s,
+        )
+
+    # ---- vLLM v1's scheduling ----
+    def _schedule(self) -> tuple[list[tuple[SimSequence, int]], bool, bool]:
+        budget = self.cost.max_num_batched_tokens
+        batch: list[tuple[SimSequence, int]] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            chunk = seq.next_chunk(budget)
+            while not self._grow(seq, seq.num_computed + chunk):
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            else:
+                batch.append((seq, chunk))
+                budget -= chunk
+                i += 1
+                continue
+            break  # the sequence itself was preempted: nothing after it runs either
+        stuck = False
+        while self.waiting and not preempted and budget > 0:
+            if len(self.running) >= self.cost.max_num_seqs:
+                stuck = True
+                break
+            seq = self.waiting[0]
+            chunk = seq.next_chunk(budget)
+            if not self._grow(seq, seq.num_computed + chunk):
+                stuck = True
+                break
+            self.waiting.popleft()
+            self.running.append(seq)
+            batch.append((seq, chunk))
+            budget -= chunk
+        decode_only = all(not seq.in_prefill for seq, _ in batch)
+        return batch, decode_only, stuck
+
+    def _grow(self, seq: SimSequence, num_tokens: int) -> bool:
+        needed = _blocks(num_tokens, self.cost.block_size) - seq.num_blocks
+        if needed > self.free_blocks:
+            return False
+        if needed > 0:
+            self.free_blocks -= needed
+            seq.num_blocks += needed
+        return True
+
+    def _preempt(self, seq: SimSequence) -> None:
+        """vLLM's recompute preemption: free the blocks, prefill again later."""
+        self.running.remove(seq)
+        self.free_blocks += seq.num_blocks
+        seq.num_blocks = 0
+        seq.num_computed = 0
+        seq.target_tokens = seq.num_tokens
+        seq.record.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def _drop(self, seq: SimSequence) -> None:
+        self.running.remove(seq)
+        self.free_blocks += seq.num_blocks
+        seq.num_blocks = 0
+
+    def _num_prefilling(self) -> int:
+        return sum(1 for seq, _ in self._batch if seq.in_prefill)
+
+    # ---- decode runs ----
+    def _decode_run_length(self) -> int:
+        """Steps until the first sequence finishes, or fewer if the blocks run out first."""
+        if self.migrating():
+            return 1
+        lo, hi = 1, min(seq.remaining_output for seq, _ in self._batch)
+        if self.max_run_steps is not None:
+            hi = min(hi, self.max_run_steps)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._extra_blocks(mid) <= self.free_blocks:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def migrating(self) -> bool:
+        return any(seq.stopping for seq, _ in self._batch)
+
+    def _extra_blocks(self, num_steps: int) -> int:
+        bs = self.cost.block_size
+        return sum(max(0, _blocks(seq.num_computed + num_steps, bs) - seq.num_blocks) for seq, _ in self._batch)
+
+    def _reserve_blocks(self, num_steps: int) -> None:
+        for seq, _ in self._batch:
+            self._grow(seq, seq.num_computed + num_steps)
+
+    def _release_blocks(self, num_steps: int) -> None:
+        bs = self.cost.block_size
+        for seq, _ in self._batch:
+            keep = _blocks(seq.num_computed + num_steps, bs)
+            if seq.num_blocks > keep:
+                self.free_blocks += seq.num_blocks - keep
+                seq.num_blocks = keep
+
+    def _decode_run_s(self, num_steps: int) -> float:
+        return self.cost.decode_run_s(num_steps, len(self._batch), self._context_at_start, self.clock_frac)
+
+
+def _blocks(num_tokens: int, block_size: int) -> int:
+    return math.ceil(num_tokens / block_size)

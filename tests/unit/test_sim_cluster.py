@@ -1,0 +1,108 @@
+"""The simulated cluster: the real policies route and migrate, nothing is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies.migration import MigrationSettings
+from policies.routing import RoutingPolicyKind
+from policies.snapshot import Role
+from sim.cluster import Simulation
+from sim.config import LINKS, MigrationPlan, SimConfig, SimPool
+from sim.cost_model import StepCostModel
+from sim.workload import SimRequest, fixed_lengths, from_trace, gamma_arrivals, tiled_trace, trace_lengths
+from tests.unit.sim_fixtures import cost_model
+
+COLOCATED_2 = (SimPool("colocated", Role.COLOCATED, 2),)
+ONE_P_ONE_D = (SimPool("prefill", Role.PREFILL, 1), SimPool("decode", Role.DECODE, 1))
+
+
+def _run(config: SimConfig, requests, cost=None):
+    return Simulation(config, cost or cost_model()).run(requests)
+
+
+def test_every_request_finishes_with_its_output_length():
+    requests = gamma_arrivals(20, 2.0, 300, trace_lengths("conv"), seed=1, max_total=2048)
+    result = _run(SimConfig(pools=COLOCATED_2), requests, cost_model(num_blocks=2000))
+    assert result.summary["num_finished"] == 300
+    assert all(r.finish_s >= r.first_token_s >= r.request.arrival_s for r in result.records)
+
+
+def test_same_seed_same_result():
+    requests = gamma_arrivals(30, 4.0, 200, trace_lengths("code"), seed=3, max_total=2048)
+    first = _run(SimConfig(pools=COLOCATED_2), requests).summary
+    assert _run(SimConfig(pools=COLOCATED_2), requests).summary == first
+
+
+def test_disaggregated_first_token_comes_from_prefill_and_the_kv_crosses_the_link():
+    cost = cost_model()
+    request = SimRequest(0, 0.0, 200, 3)
+    slow = SimConfig(pools=ONE_P_ONE_D, handoff_link=LINKS["disk"])
+    fast = SimConfig(pools=ONE_P_ONE_D, handoff_link=LINKS["nvlink"])
+    [slow_record] = _run(slow, [request], cost).records
+    [fast_record] = _run(fast, [request], cost).records
+    assert slow_record.first_token_s == pytest.approx(cost.step_s(200, 0, 200))
+    transfer_gap = LINKS["disk"].seconds(cost.kv_bytes(200)) - LINKS["nvlink"].seconds(cost.kv_bytes(200))
+    assert slow_record.finish_s - fast_record.finish_s == pytest.approx(transfer_gap)
+
+
+def test_round_robin_alternates_and_load_aware_avoids_the_busy_replica():
+    # One long request, then short ones: round-robin puts every other one behind it.
+    requests = [SimRequest(0, 0.0, 1500, 400)] + [SimRequest(i, 0.5 + 0.3 * i, 100, 10) for i in range(1, 9)]
+    rr = _run(SimConfig(pools=COLOCATED_2, routing=RoutingPolicyKind.ROUND_ROBIN), requests)
+    la = _run(SimConfig(pools=COLOCATED_2, routing=RoutingPolicyKind.LOAD_AWARE), requests)
+    assert la.summary["tpot_s"]["p90"] < rr.summary["tpot_s"]["p90"]
+
+
+def test_migration_moves_requests_off_a_loaded_replica_and_loses_none():
+    """Skewed load under round-robin: the controller's migration policy moves running
+    requests to the freer replica; every request still finishes, with its full output."""
+    cost = cost_model(num_blocks=600)
+    requests = gamma_arrivals(12, 4.0, 400, fixed_lengths(300, 200), seed=7, max_total=2048)
+    plan = MigrationPlan(settings=MigrationSettings(source_below=20, destination_above=40, min_gap=10, cooldown_s=2))
+    base = SimConfig(pools=(SimPool("decode", Role.COLOCATED, 3),), routing=RoutingPolicyKind.ROUND_ROBIN)
+    moved = SimConfig(pools=base.pools, routing=base.routing, migration=plan)
+    without = _run(base, requests, cost)
+    with_migration = _run(moved, requests, cost)
+    assert with_migration.summary["num_finished"] == 400
+    assert with_migration.summary["num_migrations"] > 0
+    assert with_migration.actions.get("MigrateRequests", 0) >= with_migration.summary["num_migrations"] // 4
+    assert without.summary["num_migrations"] == 0
+
+
+def test_the_azure_trace_replays_scaled_in_time():
+    full = from_trace("conv", time_scale=1.0)
+    assert len(full) == 19366
+    fast = from_trace("conv", time_scale=10.0, duration_s=60.0)
+    assert fast and fast[-1].arrival_s <= 60.0
+    assert [r.prompt_tokens for r in fast[:50]] == [r.prompt_tokens for r in full[:50]]
+    assert fast[10].arrival_s == pytest.approx(full[10].arrival_s / 10.0)
+
+
+def test_gamma_arrivals_have_the_asked_rate_and_burstiness():
+    import numpy as np
+
+    requests = gamma_arrivals(50, 4.0, 20000, fixed_lengths(10, 10), seed=0)
+    gaps = np.diff([r.arrival_s for r in requests])
+    assert gaps.mean() == pytest.approx(1 / 50, rel=0.05)
+    assert gaps.std() / gaps.mean() == pytest.approx(4.0, rel=0.1)
+
+
+def test_calibrations_load_and_name_their_source():
+    model = StepCostModel.load("cpu-tiny")
+    assert model.source and model.base_s > 0 and model.num_blocks > 0
+    with pytest.raises(FileNotFoundError, match="known"):
+        StepCostModel.load("no-such-calibration")
+
+
+def test_a_request_no_replica_can_hold_ends_the_run_unfinished():
+    cost = cost_model(num_blocks=4, block_size=16)
+    result = _run(SimConfig(pools=COLOCATED_2), [SimRequest(0, 0.0, 100, 5), SimRequest(1, 0.1, 20, 5)], cost)
+    assert result.summary["num_finished"] == 1 and result.summary["slo_attainment"] == 0.5
+
+
+def test_a_tiled_trace_has_the_asked_average_rate():
+    requests = tiled_trace("conv", rate_per_s=50.0, duration_s=600.0, seed=2)
+    assert len(requests) / 600.0 == pytest.approx(50.0, rel=0.15)
+    assert all(0 <= r.arrival_s < 600.0 for r in requests)
+    assert [r.arrival_s for r in requests] == sorted(r.arrival_s for r in requests)
