@@ -87,7 +87,7 @@ class Router(Protocol):
 
 
 def _serving(candidates: Sequence[ReplicaSnapshot], role: Role) -> list[ReplicaSnapshot]:
-    serving = sorted((r for r in candidates if r.accepts_requests), key=lambda r: r.replica_id)
+    serving = [r for r in candidates if r.accepts_requests]
     if not serving:
         raise NoReplicaAvailable(f"no healthy {role.value} replica")
     return serving
@@ -99,7 +99,7 @@ class RoundRobinRouter:
     def choose(
         self, candidates: Sequence[ReplicaSnapshot], role: Role, demand: RequestDemand, state: RouterState
     ) -> tuple[ReplicaId, RouterState]:
-        serving = _serving(candidates, role)
+        serving = sorted(_serving(candidates, role), key=lambda r: r.replica_id)
         chosen = serving[state.cursor(role) % len(serving)]
         return chosen.replica_id, state.advanced(role)
 

@@ -75,6 +75,8 @@ class Simulation:
         self._router = make_router(config.routing)
         self._router_state = RouterState()
         self._routing_snapshot: ClusterSnapshot | None = None
+        # Per role, the routing snapshot's replicas that can take requests.
+        self._candidates: dict[Role, list] = {}
         self._snapshot_version = 0
         self.itl = LogHistogram()
         self.timeline = Timeline()
@@ -95,6 +97,7 @@ class Simulation:
     def remove_replica(self, replica_id: ReplicaId) -> None:
         replica = self.replicas.pop(replica_id)
         replica.version += 1  # its pending step end is void
+        self._candidates = {}
         for seq in replica.running + list(replica.waiting):
             self.recompute_elsewhere(seq)
 
@@ -198,7 +201,9 @@ class Simulation:
     def _choose(self, role: Role, seq: SimSequence) -> ReplicaId:
         snapshot = self.routing_snapshot()
         demand = RequestDemand(seq.target_tokens, -(-seq.num_tokens // self.cost.block_size))
-        candidates = [r for r in snapshot.serving(role) if r.replica_id in self.replicas]
+        candidates = self._candidates.get(role)
+        if candidates is None:
+            candidates = self._candidates[role] = [r for r in snapshot.serving(role) if r.replica_id in self.replicas]
         replica_id, self._router_state = self._router.choose(candidates, role, demand, self._router_state)
         return replica_id
 
@@ -208,6 +213,7 @@ class Simulation:
         if snap is None or self.now_s - snap.taken_at_s >= self.config.routing_refresh_s:
             snap = self._routing_snapshot = self.snapshot()
             self._router_state = self._router_state.on_new_snapshot()
+            self._candidates = {}
         return snap
 
     def snapshot(self) -> ClusterSnapshot:
