@@ -14,7 +14,7 @@ from enum import IntEnum
 from policies.repair import InFlight, decide_repairs
 from policies.routing import RequestDemand, RouterState, make_router
 from policies.migration import decide_migrations
-from policies.snapshot import ClusterSnapshot, PoolSnapshot, ReplicaId, Role
+from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, Role
 from sim.config import SimConfig
 from sim.cost_model import StepCostModel
 from sim.executor import SimExecutor
@@ -30,6 +30,8 @@ class Event(IntEnum):
     ARRIVE = 2
     MIGRATION_STOP = 3
     TICK = 4
+    ACTION = 5
+    READY = 6
 
 
 @dataclass
@@ -87,11 +89,15 @@ class Simulation:
                 self.add_replica(pool.name)
 
     # ---- cluster membership (the executor's) ----
-    def add_replica(self, pool: str) -> SimReplica:
+    def add_replica(self, pool: str, start_s: float = 0.0) -> SimReplica:
+        """A replica of `pool` that serves after `start_s` (its engine starting)."""
         replica_id = ReplicaId(f"{pool}-{next(self._ids)}")
         replica = SimReplica(replica_id, pool, self._pool_roles[pool], self.cost, self._pool_clocks[pool],
                              self.config.max_decode_run_steps)
         self.replicas[replica_id] = replica
+        if start_s > 0:
+            replica.health = Health.STARTING
+            self._push(self.now_s + start_s, Event.READY, replica_id)
         return replica
 
     def remove_replica(self, replica_id: ReplicaId) -> None:
@@ -99,6 +105,7 @@ class Simulation:
         replica.version += 1  # its pending step end is void
         self._candidates = {}
         for seq in replica.running + list(replica.waiting):
+            self.executor.forget(seq)
             self.recompute_elsewhere(seq)
 
     # ---- running ----
@@ -126,6 +133,10 @@ class Simulation:
                 self._deliver(*payload)
             elif kind == Event.MIGRATION_STOP:
                 self.executor.stop_for_migration(*payload)
+            elif kind == Event.ACTION:
+                self.executor.execute(payload)
+            elif kind == Event.READY and payload in self.replicas:
+                self.replicas[payload].health = Health.HEALTHY
             elif kind == Event.TICK:
                 self._tick()
                 if self._events:
@@ -135,6 +146,10 @@ class Simulation:
         summary = latency_summary(records, self.itl, self.config.slo, span)
         return SimResult(self.cost.name, self.cost.source, summary, self.now_s,
                          time.perf_counter() - started, self.num_events, dict(self.executor.counts), self.timeline, records)
+
+    def schedule(self, at_s: float, action) -> None:
+        """Carries out `action` (a policy action type) at `at_s`: scripted scaling or faults."""
+        self._push(at_s, Event.ACTION, action)
 
     def _push(self, at_s: float, kind: Event, payload) -> None:
         heapq.heappush(self._events, (at_s, next(self._counter), kind, payload))

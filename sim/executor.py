@@ -30,10 +30,10 @@ class SimExecutor:
         if isinstance(action, MigrateRequests):
             self._migrate(action)
         elif isinstance(action, StartReplica):
-            self._sim.add_replica(action.pool)
+            self._sim.add_replica(action.pool, REPLICA_START_S)
         elif isinstance(action, ReplaceReplica):
             self._sim.remove_replica(action.replica_id)
-            self._sim.add_replica(action.pool)
+            self._sim.add_replica(action.pool, REPLICA_START_S)
         elif isinstance(action, RemoveReplica):
             self._sim.remove_replica(action.replica_id)
 
@@ -61,6 +61,10 @@ class SimExecutor:
             self._recent.append((action.source, action.destination, sim.now_s))
             seq.migration = action
             sim.stop_later(sim.now_s + precopy_s, source.replica_id, seq)
+
+    def forget(self, seq: SimSequence) -> None:
+        """`seq` lost its replica: a migration of it is over."""
+        self._in_flight.pop(id(seq), None)
 
     def stop_for_migration(self, source_id: ReplicaId, seq: SimSequence) -> None:
         """The copy has caught up: stop the request at the source's next step boundary."""

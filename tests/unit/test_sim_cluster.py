@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from policies.actions import RemoveReplica
 from policies.migration import MigrationSettings
 from policies.routing import RoutingPolicyKind
 from policies.snapshot import Role
@@ -106,3 +107,16 @@ def test_a_tiled_trace_has_the_asked_average_rate():
     assert len(requests) / 600.0 == pytest.approx(50.0, rel=0.15)
     assert all(0 <= r.arrival_s < 600.0 for r in requests)
     assert [r.arrival_s for r in requests] == sorted(r.arrival_s for r in requests)
+
+
+def test_a_removed_replica_s_requests_are_replayed_elsewhere_and_finish():
+    requests = [SimRequest(i, 0.01 * i, 200, 50) for i in range(20)]
+    sim = Simulation(SimConfig(pools=COLOCATED_2), cost_model())
+    doomed = sorted(sim.replicas)[0]
+    sim.schedule(0.3, RemoveReplica(doomed, "colocated", "test"))
+    result = sim.run(requests)
+    assert doomed not in sim.replicas
+    # The repair policy brings the pool back to its size, as on the real controller.
+    assert result.actions == {"RemoveReplica": 1, "StartReplica": 1} and len(sim.replicas) == 2
+    assert result.summary["num_finished"] == 20
+    assert sum(1 for r in result.records if r.first_token_s < 0.3 < r.finish_s) > 0  # some were cut off
