@@ -55,7 +55,7 @@ def disaggregation(calibration: str, num_gpus: int, seed: int, slo: SLO) -> dict
     configs = {"colocated": colocated}
     for link in ("nvlink", "rdma", "disk"):
         configs[f"disaggregated ({link})"] = replace(colocated, pools=split, handoff_link=LINKS[link])
-    capacity = _capacity_rps(cost, lengths) * num_gpus
+    capacity = cost.capacity_rps(float(lengths.prompt_tokens.mean()), float(lengths.output_tokens.mean())) * num_gpus
     rates = [round(capacity * f, 2) for f in (0.2, 0.4, 0.6, 0.8, 1.0, 1.2)]
     curves = _sweep(configs, rates, lambda r: gamma_arrivals(r, 1.0, max(300, int(r * 60)), lengths, seed, max_total=4096),
                     {"": lambda s: s["slo_attainment"] * 100})
@@ -75,18 +75,12 @@ def migration(calibration: str, num_gpus: int, seed: int, slo: SLO) -> dict:
         "load-aware": base,
         "load-aware + migration": replace(base, migration=plan),
     }
-    capacity = _capacity_rps(cost, lengths) * num_gpus * base.num_blocks / cost.num_blocks
+    capacity = cost.capacity_rps(float(lengths.prompt_tokens.mean()), float(lengths.output_tokens.mean())) * num_gpus * base.num_blocks / cost.num_blocks
     rates = [round(capacity * f, 2) for f in (0.4, 0.6, 0.8, 1.0)]
     curves = _sweep(configs, rates, lambda r: gamma_arrivals(r, 4.0, max(400, int(r * 120)), lengths, seed, max_total=4096),
                     {" P99 TTFT": lambda s: s["ttft_s"]["p99"], " P99 TPOT": lambda s: s["tpot_s"]["p99"]})
     return {"curves": curves, "xlabel": "request rate (req/s)", "ylabel": "seconds (log)", "log_y": True,
             "title": f"Migration under skewed load (Gamma CV 4), {num_gpus} replicas, KV pool {base.num_blocks} blocks"}
-
-
-def _capacity_rps(cost: StepCostModel, lengths, batch: int = 32) -> float:
-    prompt, output = float(lengths.prompt_tokens.mean()), float(lengths.output_tokens.mean())
-    step = cost.step_s(prompt * batch / output, batch, int(batch * (prompt + output / 2)))
-    return batch / (step * output)
 
 
 FINDINGS = {"disaggregation": disaggregation, "migration": migration}

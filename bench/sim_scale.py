@@ -26,16 +26,10 @@ from sim.cost_model import StepCostModel
 from sim.workload import read_trace, tiled_trace
 
 
-def replica_capacity_rps(cost: StepCostModel, prompt: float, output: float, batch: int = 32) -> float:
-    """Requests per second one replica sustains at a steady batch (a rough capacity)."""
-    step = cost.step_s(prompt * batch / output, batch, int(batch * (prompt + output / 2)))
-    return batch / (step * output)
-
-
 def run(num_replicas: int, simulated_s: float, load: float, calibration: str) -> dict:
     cost = StepCostModel.load(calibration)
     _, prompts, outputs = read_trace("conv")
-    rate = load * num_replicas * replica_capacity_rps(cost, float(prompts.mean()), float(outputs.mean()))
+    rate = load * num_replicas * cost.capacity_rps(float(prompts.mean()), float(outputs.mean()))
     requests = tiled_trace("conv", rate, simulated_s, seed=0, max_total=4096)
     config = SimConfig(pools=(SimPool("colocated", Role.COLOCATED, num_replicas),), calibration=calibration,
                        migration=MigrationPlan(), max_timeline_replicas=0)

@@ -61,11 +61,9 @@ def measure(engine, sampling_cls, rng: random.Random, repeats: int, max_len: int
             sampling = sampling_cls(max_tokens=DECODE_STEPS_TIMED + 2, temperature=0.0, ignore_eos=True)
             for _ in range(batch):
                 engine.add_request(f"d{next(ids)}", _prompt(rng, context), sampling)
-            # Prefill them all (and the first decode step, which may mix with the last prefill).
-            while True:
-                stats = engine.step()
-                if all(o.outputs[0].token_ids for o in stats if hasattr(o, "outputs")) and _all_decoding(engine):
-                    break
+            # Prefill them all; the steps timed next decode only.
+            while not _all_decoding(engine):
+                engine.step()
             for k, step in enumerate(_timed_steps(engine, DECODE_STEPS_TIMED)):
                 samples.append(StepSample(0, batch, batch * (context + 2 + k), step))
             _timed_steps(engine)

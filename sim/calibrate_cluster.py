@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def main() -> None:
               f"front door token client) on CPU ({platform.machine()}, {os.cpu_count()} cores, {engine['threads']} "
               f"engine threads), model {model_path.name}; python -m sim.calibrate_cluster --model {args.model}; "
               f"{len(errors)} samples, median fit error {statistics.median(errors) * 100:.1f} %")
-    model = StepCostModel(**{**model.__dict__, "source": source})
+    model = replace(model, source=source)
     out = Path(args.out) if args.out else CALIBRATIONS_DIR / f"{name}.yaml"
     model.save(out)
     print(json.dumps({"base_ms": base * 1e3, "per_prefill_token_us": per_prefill * 1e6, "per_decode_seq_us": per_seq * 1e6,

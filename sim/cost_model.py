@@ -58,6 +58,12 @@ class StepCostModel:
         growth = self.step_s(0, 0, batch, clock_frac) - self.step_s(0, 0, 0, clock_frac)
         return num_steps * first + growth * num_steps * (num_steps - 1) / 2
 
+    def capacity_rps(self, prompt_tokens: float, output_tokens: float, batch: int = 32) -> float:
+        """Requests per second one replica sustains at a steady batch of `batch` requests of
+        these mean lengths (a rough capacity, to set offered loads)."""
+        step = self.step_s(prompt_tokens * batch / output_tokens, batch, int(batch * (prompt_tokens + output_tokens / 2)))
+        return batch / (step * output_tokens)
+
     def kv_bytes(self, num_tokens: int) -> int:
         return num_tokens * self.kv_bytes_per_token
 

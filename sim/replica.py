@@ -27,7 +27,7 @@ class StepOutcome:
     handed_off: list[SimSequence] = field(default_factory=list)
     # Sequences a migration stopped here.
     stopped: list[SimSequence] = field(default_factory=list)
-    # (step duration, sequences that produced a token in each such step, number of steps)
+    # (duration, sequences that produced a token) of each decode step, for inter-token latency.
     decode_steps: list[tuple[float, int]] = field(default_factory=list)
 
 
@@ -153,14 +153,6 @@ class SimReplica:
     def take_running(self, newest: int) -> list[SimSequence]:
         """The `newest` running sequences that are decoding and not already moving."""
         return [s for s in reversed(self.running) if not s.in_prefill and s.migration is None][:newest]
-
-    def remove_waiting(self) -> list[SimSequence]:
-        taken = list(self.waiting)
-        self.waiting.clear()
-        for seq in taken:
-            self.free_blocks += seq.num_blocks
-            seq.num_blocks = 0
-        return taken
 
     def snapshot(self, now_s: float) -> ReplicaSnapshot:
         head = self.waiting[0] if self.waiting else None

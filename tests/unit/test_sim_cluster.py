@@ -11,7 +11,7 @@ from policies.snapshot import Role
 from sim.cluster import Simulation
 from sim.config import LINKS, MigrationPlan, SimConfig, SimPool
 from sim.cost_model import StepCostModel
-from sim.workload import SimRequest, fixed_lengths, from_trace, gamma_arrivals, tiled_trace, trace_lengths
+from sim.workload import SimRequest, burst_steps, fixed_lengths, from_trace, gamma_arrivals, tiled_trace, trace_lengths
 from tests.unit.sim_fixtures import cost_model
 
 COLOCATED_2 = (SimPool("colocated", Role.COLOCATED, 2),)
@@ -120,3 +120,11 @@ def test_a_removed_replica_s_requests_are_replayed_elsewhere_and_finish():
     assert result.actions == {"RemoveReplica": 1, "StartReplica": 1} and len(sim.replicas) == 2
     assert result.summary["num_finished"] == 20
     assert sum(1 for r in result.records if r.first_token_s < 0.3 < r.finish_s) > 0  # some were cut off
+
+
+def test_burst_steps_change_the_arrival_rate_step_by_step():
+    requests = burst_steps([(100.0, 2.0), (50.0, 40.0), (100.0, 2.0)], fixed_lengths(10, 10), seed=4)
+    counts = [sum(1 for r in requests if lo <= r.arrival_s < hi) for lo, hi in ((0, 100), (100, 150), (150, 250))]
+    assert counts[0] == pytest.approx(200, rel=0.25) and counts[2] == pytest.approx(200, rel=0.25)
+    assert counts[1] == pytest.approx(2000, rel=0.1)
+    assert [r.request_id for r in requests] == list(range(len(requests)))
