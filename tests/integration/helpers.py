@@ -55,13 +55,13 @@ async def wait_until_serving(controller, timeout_s: float = 240) -> None:
     await asyncio.sleep(0.5)
 
 
-async def wait_for(predicate, timeout_s: float, what: str):
+async def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.25):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = await predicate()
         if value:
             return value
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 

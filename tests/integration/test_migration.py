@@ -83,14 +83,15 @@ async def test_migrated_requests_match_the_oracle(client, controller, oracle, pr
 async def test_a_request_that_has_not_started_moves_between_queues(client, controller, oracle):
     decode, colocated = await _replicas(controller)
     prompt = prompt_of(400, seed=2000)
-    request = greedy_request(prompt, max_tokens=60)
+    # Long enough that polling cannot miss it on its replica (a short one could finish between polls).
+    request = greedy_request(prompt, max_tokens=200)
     stream = asyncio.create_task(collect(client.generate(request)))
-    await wait_for(lambda: _running_on(decode, request.request_id), 30, "the request to be admitted")
+    await wait_for(lambda: _running_on(decode, request.request_id), 30, "the request to be admitted", every_s=0.01)
     report = await decode.actor.migrate_out.remote(colocated.replica_id, colocated.actor, PRE_COPY,
                                                    request_id=request.request_id)
     assert report.outcome in ("migrated", "request_finished")
     tokens, _ = await stream
-    assert tokens == await oracle.greedy.remote(prompt, 60)
+    assert tokens == await oracle.greedy.remote(prompt, 200)
 
 
 async def test_a_dead_destination_leaves_the_request_on_its_source(client, controller, oracle, cluster_config,
