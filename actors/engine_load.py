@@ -12,6 +12,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
 from actors.kv.connector_stats import empty_totals
+from actors.latency_window import LatencyWindow
 
 
 @dataclass
@@ -26,7 +27,7 @@ class EngineLoad:
     demand of requests that have not produced a token yet is tracked here, because vLLM
     does not report the block demand of its waiting queue."""
 
-    def __init__(self, block_size: int, step_window: int = 32):
+    def __init__(self, block_size: int, step_window: int = 32, latency_window_s: float = 10.0):
         self.block_size = block_size
         self.num_running = 0
         self.num_waiting = 0
@@ -38,6 +39,8 @@ class EngineLoad:
         self._admitted: dict[str, _Admitted] = {}
         # Cumulative KV connector copy statistics (exports/imports, bytes, seconds).
         self.connector_totals: dict[str, float] = empty_totals()
+        self.latencies = LatencyWindow(latency_window_s)
+        self.num_generated_tokens = 0
 
     def admit(self, request_id: str, num_prompt_tokens: int) -> None:
         self._admitted[request_id] = _Admitted(num_prompt_tokens, -(-num_prompt_tokens // self.block_size))
@@ -62,7 +65,12 @@ class EngineLoad:
     def mean_step_s(self) -> float:
         return sum(self._step_times_s) / len(self._step_times_s) if self._step_times_s else 0.0
 
-    def on_engine_step(self, scheduler_stats: SchedulerStats | None, now_s: float) -> None:
+    def on_engine_step(self, scheduler_stats: SchedulerStats | None, now_s: float,
+                       iteration_stats: IterationStats | None = None) -> None:
+        if iteration_stats is not None:
+            self.num_generated_tokens += iteration_stats.num_generation_tokens
+            self.latencies.add(now_s, iteration_stats.time_to_first_tokens_iter,
+                               iteration_stats.inter_token_latencies_iter)
         if scheduler_stats is not None:
             self.num_running = scheduler_stats.num_running_reqs
             self.num_waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
@@ -89,7 +97,7 @@ class EngineLoad:
                 mm_cache_stats=None,
                 engine_idx: int = 0,
             ) -> None:
-                load.on_engine_step(scheduler_stats, time.monotonic())
+                load.on_engine_step(scheduler_stats, time.monotonic(), iteration_stats)
 
             def log_engine_initialized(self) -> None:
                 return None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from actors.clocks.backend import ClockBackendKind
 from actors.kv.medium import MediumKind
 
 
@@ -51,11 +52,18 @@ class EngineSpec:
     # is metered.
     power_curve: str = "a100-sxm4-40gb"
     energy_meter_s: float = 1.0
+    clock_backend: ClockBackendKind = ClockBackendKind.AUTO
+    # Latencies the replica reports (P90 TTFT and inter-token) cover this many seconds.
+    latency_window_s: float = 10.0
 
     def staging_dir_for(self, medium: MediumKind) -> Path:
         return Path(self.disk_dir if medium == MediumKind.DISK else self.shm_dir)
 
-    def engine_args(self):
+    def clock_file(self, replica_id: str) -> Path:
+        """Where an emulated device publishes its clock to its engine's process."""
+        return Path(self.shm_dir) / "clocks" / replica_id
+
+    def engine_args(self, emulated_clock_file: Path | None = None):
         from vllm.config import KVTransferConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -71,17 +79,21 @@ class EngineSpec:
             enable_prefix_caching=self.enable_prefix_caching,
             enforce_eager=self.enforce_eager,
             seed=self.seed,
-            kv_transfer_config=KVTransferConfig(**self._kv_transfer_fields()),
+            kv_transfer_config=KVTransferConfig(**self._kv_transfer_fields(emulated_clock_file)),
         )
 
-    def _kv_transfer_fields(self) -> dict:
+    def _kv_transfer_fields(self, emulated_clock_file: Path | None) -> dict:
         if self.medium == MediumKind.NIXL:
             return {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+        extra: dict = {"staging_dir": self.shm_dir}
+        if emulated_clock_file is not None:
+            # The connector stretches each step by the emulated clock's slowdown.
+            extra["emulated_clock"] = {"curve": self.power_curve, "file": str(emulated_clock_file)}
         return {
             "kv_connector": "TideKVConnector",
             "kv_connector_module_path": "actors.kv.connector",
             "kv_role": "kv_both",
-            "kv_connector_extra_config": {"staging_dir": self.shm_dir},
+            "kv_connector_extra_config": extra,
             "kv_load_failure_policy": self.on_transfer_failure.value,
         }
 

@@ -81,3 +81,7 @@ class ReplicaInfo:
     num_total_blocks: int
     block_size: int
     max_model_len: int
+    clock_backend: str = "emulated"
+    # False: the platform refused clock control; the device is observed only.
+    clock_control: bool = True
+    supported_clocks_mhz: tuple[int, ...] = ()

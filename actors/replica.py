@@ -23,9 +23,6 @@ from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from actors.clocks.device_metrics import DeviceMetrics
-from actors.clocks.emulated import EmulatedDevice
-from actors.clocks.power_curve import PowerCurve
 from actors.engine_load import EngineLoad
 from actors.engine_metrics import SeriesIdentity, engine_stat_logger
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
@@ -34,6 +31,7 @@ from actors.kv.medium import KVHandle, MediumKind, StagedExport, TransferError, 
 from actors.kv.registry import MEDIUMS, make_medium
 from actors.kv.specs import EXPORT_PARAM, IMPORT_PARAM, STAGED_PARAM
 from actors.migration_metrics import MigrationMetrics
+from actors.replica_device import ReplicaDevice
 from actors.replica_streams import ChannelStreams, ReplicaNotStarted
 from actors.transfer_metrics import TransferMetrics
 from actors.messages import PrefillResult, ReplicaInfo, RequestTimings, TokenDelta, TokenRequest, TransferRecord
@@ -52,7 +50,7 @@ class ReplicaActor(ChannelStreams):
         self.role = role
         self.spec = spec
         self._engine: AsyncLLM | None = None
-        self._load = EngineLoad(spec.block_size)
+        self._load = EngineLoad(spec.block_size, latency_window_s=spec.latency_window_s)
         self._mediums: dict[MediumKind, TransferMedium] = {}
         self._transfers: deque[TransferRecord] = deque(maxlen=4096)
         self._draining = False
@@ -61,8 +59,7 @@ class ReplicaActor(ChannelStreams):
         self._identity = SeriesIdentity(replica_id, pool, role.value)
         self._transfer_metrics: TransferMetrics | None = None
         self._migration_metrics: MigrationMetrics | None = None
-        self._device: EmulatedDevice | None = None
-        self._energy_meter: asyncio.Task | None = None
+        self._device: ReplicaDevice | None = None
         self._init_streams()
 
     # ---- lifecycle ----
@@ -70,8 +67,12 @@ class ReplicaActor(ChannelStreams):
         if self._info is not None:
             return self._info
         os.environ.update(self.spec.process_env())
+        # Opened first: a device left with a locked clock by a crashed process is reset, and
+        # an emulated device publishes the clock file the engine reads.
+        self._device = ReplicaDevice.open(self.spec, self.replica_id, self._identity, self._load)
+        clock_file = self.spec.clock_file(self.replica_id) if self._device.emulated else None
         self._engine = AsyncLLM.from_engine_args(
-            self.spec.engine_args(),
+            self.spec.engine_args(clock_file),
             stat_loggers=[self._load.stat_logger_factory(), engine_stat_logger(self._identity)],
         )
         self._transfer_metrics = TransferMetrics(self._identity)
@@ -85,20 +86,22 @@ class ReplicaActor(ChannelStreams):
             replica_id=self.replica_id, pool=self.pool, role=self.role, node_id=node_id, pid=os.getpid(),
             num_total_blocks=self._engine.vllm_config.cache_config.num_gpu_blocks or 0,
             block_size=self.spec.block_size, max_model_len=self._engine.model_config.max_model_len,
+            clock_backend=self._device.backend.backend, clock_control=self._device.backend.controllable,
+            supported_clocks_mhz=self._device.backend.supported_clocks_mhz,
         )
         self._janitor = asyncio.create_task(self._sweep_staged_kv_forever())
-        self._device = EmulatedDevice(PowerCurve.load(self.spec.power_curve))
-        device_metrics = DeviceMetrics(self._identity, self._device.backend)
-        self._energy_meter = asyncio.create_task(self._meter_energy_forever(device_metrics))
+        self._device.start_metering()
         return self._info
 
     async def shutdown(self) -> None:
-        for task in (self._janitor, self._energy_meter):
-            if task is not None:
-                task.cancel()
+        if self._janitor is not None:
+            self._janitor.cancel()
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+        if self._device is not None:
+            self._device.close()
+            self._device = None
         self._sweep_staged_kv(older_than_s=0.0)
 
     async def drain(self, timeout_s: float = 60.0) -> int:
@@ -117,15 +120,32 @@ class ReplicaActor(ChannelStreams):
     async def check_health(self) -> None:
         await self._require_engine().check_health()
 
+    def set_clock(self, clock_mhz: int) -> int:
+        """Locks the device's clock (the lowest supported at or above `clock_mhz`); returns
+        the clock now in force (unchanged on an observe-only device)."""
+        if self._device is None:
+            raise ReplicaNotStarted(f"replica {self.replica_id} has no device")
+        return self._device.set_clock(clock_mhz)
+
+    def device_totals(self) -> dict[str, float]:
+        """Energy the device used and tokens the engine generated since the replica started."""
+        energy = self._device.energy_j if self._device else 0.0
+        return {"energy_j": energy, "generated_tokens": float(self._load.num_generated_tokens)}
+
     async def stats(self) -> ReplicaSnapshot:
         head_blocks, waiting_blocks, queued_tokens = self._load.waiting_demand()
         total = self._info.num_total_blocks if self._info else 0
+        now = time.monotonic()
+        ttft, itl = self._load.latencies.ttft(now), self._load.latencies.itl(now)
         return ReplicaSnapshot(
             replica_id=self.replica_id, pool=self.pool, role=self.role, health=self._health(),
             num_running=self._load.num_running, num_waiting=self._load.num_waiting,
             num_total_blocks=total, num_free_blocks=round(total * (1.0 - self._load.kv_usage_frac)),
             num_head_waiting_blocks=head_blocks, num_waiting_blocks=waiting_blocks,
             num_queued_prompt_tokens=queued_tokens, mean_step_s=self._load.mean_step_s(),
+            clock_mhz=self._device.clock_mhz if self._device else 0,
+            ttft_p90_s=ttft.p90_s, num_ttft_samples=ttft.num_samples,
+            itl_p90_s=itl.p90_s, num_itl_samples=itl.num_samples,
             observed_at_s=time.time(),
         )
 
@@ -179,17 +199,6 @@ class ReplicaActor(ChannelStreams):
         while True:
             await asyncio.sleep(self.spec.staged_kv_ttl_s / 2)
             await asyncio.to_thread(self._sweep_staged_kv, self.spec.staged_kv_ttl_s)
-
-    async def _meter_energy_forever(self, metrics: DeviceMetrics) -> None:
-        """Charges the device's modeled power at the engine's measured utilization."""
-        last_at, last_busy = time.monotonic(), self._load.busy_s
-        while True:
-            await asyncio.sleep(self.spec.energy_meter_s)
-            now, busy = time.monotonic(), self._load.busy_s
-            utilization = min(1.0, (busy - last_busy) / max(now - last_at, 1e-9))
-            joules = self._device.advance(now - last_at, utilization)
-            metrics.record(self._device.clock_mhz, self._device.power_w, joules, utilization)
-            last_at, last_busy = now, busy
 
     def _require_engine(self) -> AsyncLLM:
         if self._engine is None:

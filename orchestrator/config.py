@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from actors.clocks.backend import ClockBackendKind
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.medium import MediumKind
 from actors.migration_spec import MigrationSettingsSpec
+from policies.dvfs import ClockPolicySettings, LatencyMetric, SloTargets
 from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import DataPath, RoutingPolicyKind
 from policies.snapshot import Role
@@ -84,18 +87,60 @@ class MigrationConfig(_Frozen):
         return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.stage_timeout_s)
 
 
-class ClockSettings(_Frozen):
-    """Device clocks and energy. With no GPU, each replica's device is emulated: a modeled
-    power curve (actors/clocks/curves/<power_curve>.yaml) at the replica's measured
-    utilization, labelled `emulated` in every series."""
+class ClockMode(str, Enum):
+    # Clocks are left to the driver (an emulated device runs at its maximum).
+    OFF = "off"
+    # Every pool locked at `fixed_clock_mhz`.
+    FIXED = "fixed"
+    # The SLO-aware policy, one clock per pool (policies/dvfs.py).
+    PER_POOL = "per_pool"
+    # The same policy, one clock for all pools: the highest any pool needs.
+    SHARED = "shared"
 
+
+class ClockSettings(_Frozen):
+    """Device clocks and energy. A replica's device is its GPU through NVML, or, with no GPU,
+    an emulated device: a modeled power curve (actors/clocks/curves/<power_curve>.yaml) at
+    the replica's measured utilization whose clock really slows the engine's steps,
+    labelled `emulated` in every series."""
+
+    backend: ClockBackendKind = ClockBackendKind.AUTO
+    mode: ClockMode = ClockMode.OFF
+    fixed_clock_mhz: int | None = Field(None, gt=0, description="the clock of every pool in mode fixed")
     power_curve: str = "a100-sxm4-40gb"
     energy_meter_s: float = Field(1.0, gt=0, description="how often energy is metered")
+    latency_window_s: float = Field(10.0, gt=0, description="the latencies a replica reports cover this long")
+    margin: float = Field(0.25, ge=0, lt=1, description="keep the SLO metric under target x (1 - margin)")
+    lower_band: float = Field(0.15, ge=0, lt=1, description="lower a clock only if the metric is predicted "
+                              "to stay this share under the bound (hysteresis)")
+    hold_s: float = Field(5.0, ge=0, description="no lowering within this long of the last change")
+    raise_hold_s: float = Field(30.0, ge=0, description="no lowering within this long of a rise for the SLO")
+    max_steps_down: int = Field(3, ge=1, description="supported clocks a pool moves down at once, at most")
+    min_ttft_samples: int = Field(8, ge=1, description="TTFT samples a pool's reading needs to count")
+    min_itl_samples: int = Field(64, ge=1, description="inter-token samples a pool's reading needs to count")
+    fresh_s: float = Field(5.0, gt=0, description="older readings do not move a clock")
+    missing_after_s: float = Field(30.0, gt=0, description="no readings this long: back to the maximum clock")
+
+    @model_validator(mode="after")
+    def _fixed_has_a_clock(self) -> ClockSettings:
+        if self.mode == ClockMode.FIXED and self.fixed_clock_mhz is None:
+            raise ValueError("clocks.mode fixed needs clocks.fixed_clock_mhz")
+        return self
+
+    def policy_settings(self) -> ClockPolicySettings:
+        return ClockPolicySettings(
+            margin=self.margin, lower_band=self.lower_band, hold_s=self.hold_s, raise_hold_s=self.raise_hold_s,
+            max_steps_down=self.max_steps_down,
+            min_samples=((LatencyMetric.TTFT, self.min_ttft_samples), (LatencyMetric.ITL, self.min_itl_samples)),
+            fresh_s=self.fresh_s, missing_after_s=self.missing_after_s, shared=self.mode == ClockMode.SHARED)
 
 
 class SLOConfig(_Frozen):
     ttft_s: float = Field(2.0, gt=0)
     tpot_s: float = Field(0.2, gt=0)
+
+    def targets(self) -> SloTargets:
+        return SloTargets(self.ttft_s, self.tpot_s)
 
 
 class ControllerSettings(_Frozen):
@@ -182,8 +227,8 @@ class ClusterConfig(_Frozen):
             disk_dir=f"{self.kv.disk_dir}/{self.name}", on_transfer_failure=self.kv.on_failure,
             kv_fetch_timeout_s=self.kv.fetch_timeout_s, staged_kv_ttl_s=self.kv.staged_ttl_s,
             cpu_threads_bind=e.cpu_threads_bind, cpu_threads=e.cpu_threads or self._cpu_threads_per_replica(),
-            power_curve=self.clocks.power_curve,
-            energy_meter_s=self.clocks.energy_meter_s,
+            power_curve=self.clocks.power_curve, energy_meter_s=self.clocks.energy_meter_s,
+            clock_backend=self.clocks.backend, latency_window_s=self.clocks.latency_window_s,
         )
 
     @classmethod

@@ -22,11 +22,13 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.messages import ReplicaInfo
-from orchestrator.config import ClusterConfig
+from orchestrator.config import ClockMode, ClusterConfig
 from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
+from orchestrator.pool_clocks import PoolClocks
 from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
+from policies.dvfs import SetPoolClock
 from policies.migration import MigrateRequests, MigrationHistory, decide_migrations
 from policies.repair import InFlight, decide_repairs
 from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, ReplicaSnapshot
@@ -69,6 +71,8 @@ class ControllerActor:
         self._metrics = ControllerMetrics(config.name)
         self._migrating: set[tuple[ReplicaId, ReplicaId]] = set()
         self._recent_migrations: deque[tuple[ReplicaId, ReplicaId, float]] = deque(maxlen=256)
+        self._clocks = PoolClocks(config)
+        self._setting_clock: set[ReplicaId] = set()
         self.num_ticks = 0
         self.num_tick_errors = 0
         self.last_tick_s = 0.0
@@ -112,6 +116,19 @@ class ControllerActor:
 
     async def events(self, since_s: float = 0.0) -> list[ControllerEvent]:
         return [e for e in self._events if e.at_s >= since_s]
+
+    async def set_clock_mode(self, mode: str, fixed_clock_mhz: int | None = None) -> dict[str, int]:
+        """Switches the clock mode live (off, fixed, per_pool, shared); returns each pool's
+        current clock. Mode off puts every replica back at its maximum clock."""
+        self._clocks.change_mode(ClockMode(mode), fixed_clock_mhz, time.time())
+        if ClockMode(mode) == ClockMode.OFF:
+            for replica_id, managed in self._replicas.items():
+                if managed.info is not None and managed.info.clock_control and managed.info.supported_clocks_mhz:
+                    self._spawn(self._set_clock(replica_id, managed.info.supported_clocks_mhz[-1]), lambda: None)
+        return self._clocks.chosen
+
+    async def pool_clocks(self) -> dict[str, int]:
+        return self._clocks.chosen
 
     async def stop(self) -> None:
         if self._loop is not None:
@@ -158,6 +175,19 @@ class ControllerActor:
             for action in decide_migrations(self._snapshot, history, migration.policy_settings(), time.time(),
                                             migration.mode):
                 self._act(action)
+        self._steer_clocks()
+
+    def _steer_clocks(self) -> None:
+        supported = {m.pool: m.info.supported_clocks_mhz for m in self._replicas.values()
+                     if m.info is not None and m.info.supported_clocks_mhz}
+        for action in self._clocks.decide(self._snapshot, supported):
+            self._act(action)
+        controllable = {rid for rid, m in self._replicas.items() if m.info is not None and m.info.clock_control}
+        for replica_id, clock in self._clocks.out_of_step(self._snapshot, controllable):
+            if replica_id not in self._setting_clock:
+                self._setting_clock.add(replica_id)
+                self._spawn(self._set_clock(replica_id, clock), lambda r=replica_id: self._setting_clock.discard(r))
+        self._metrics.record_pool_clocks(self._clocks.chosen)
 
     async def _observe(self) -> None:
         now = time.time()
@@ -203,6 +233,10 @@ class ControllerActor:
             self._spawn(self._replace_replica(action), lambda: self._replacing.discard(action.replica_id))
         elif isinstance(action, RemoveReplica):
             self._spawn(self._remove_replica(action), lambda: None)
+        elif isinstance(action, SetPoolClock):
+            self._clocks.apply(action, self._snapshot.taken_at_s)
+            self._record(ActionKind.CLOCK, action.reason, "", action.pool, time.perf_counter(),
+                         outcome=f"ok: {action.clock_mhz} MHz")
         elif isinstance(action, MigrateRequests):
             pair = (action.source, action.destination)
             self._migrating.add(pair)
@@ -277,6 +311,15 @@ class ControllerActor:
             self._record(ActionKind.MIGRATE, action.reason.value, action.source, source.pool, started, outcome=outcome)
             if report is None or report.outcome == "no_request":
                 return
+
+    async def _set_clock(self, replica_id: ReplicaId, clock_mhz: int) -> None:
+        managed = self._replicas.get(replica_id)
+        if managed is None:
+            return
+        try:
+            await managed.handle.actor.set_clock.remote(clock_mhz)
+        except ray.exceptions.RayError as exc:
+            logger.warning("setting %s to %d MHz failed: %s", replica_id, clock_mhz, exc)
 
     def _record(self, kind: ActionKind, reason: str, replica_id: str, pool: str, started: float, outcome: str = "ok") -> None:
         event = ControllerEvent(

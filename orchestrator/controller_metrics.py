@@ -46,6 +46,12 @@ class ControllerMetrics:
             tag_keys=(*REPLICA_TAGS, "state"))
         self.step_seconds = metrics.Gauge(
             "tide_replica_step_seconds", "Recent mean engine step time per replica.", tag_keys=REPLICA_TAGS)
+        self.pool_clock = metrics.Gauge(
+            "tide_pool_clock_mhz", "The clock the controller chose for each pool.", tag_keys=("cluster", "pool"))
+        self.latency_p90 = metrics.Gauge(
+            "tide_replica_latency_p90_seconds", "P90 of the engine's time to first token (metric=ttft) and time "
+            "between tokens (metric=itl) over the replica's latency window: the DVFS policy's input.",
+            tag_keys=(*REPLICA_TAGS, "metric"))
         self.replica_up = metrics.Gauge(
             "tide_replica_up", "1 if the replica serves (healthy or draining), else 0.", tag_keys=REPLICA_TAGS)
 
@@ -57,6 +63,10 @@ class ControllerMetrics:
         tags = {**self._cluster, "kind": event.kind.value, "pool": event.pool}
         self.action_duration.observe(event.duration_s, tags=tags)
         self.last_action_duration.set(event.duration_s, tags=tags)
+
+    def record_pool_clocks(self, clocks: dict[str, int]) -> None:
+        for pool, clock in clocks.items():
+            self.pool_clock.set(clock, tags={**self._cluster, "pool": pool})
 
     def record_tick(self, seconds: float, failed: bool) -> None:
         self.tick_duration.observe(seconds, tags=self._cluster)
@@ -80,6 +90,8 @@ class ControllerMetrics:
                 self.requests.set(replica.num_running if alive else 0, tags={**tags, "state": "running"})
                 self.requests.set(replica.num_waiting if alive else 0, tags={**tags, "state": "waiting"})
                 self.step_seconds.set(replica.mean_step_s if alive else 0, tags=tags)
+                self.latency_p90.set(replica.ttft_p90_s if alive else 0, tags={**tags, "metric": "ttft"})
+                self.latency_p90.set(replica.itl_p90_s if alive else 0, tags={**tags, "metric": "itl"})
             serving = pool.serving
             self.pool_kv_blocks.set(sum(r.num_total_blocks for r in serving), tags={**pool_tags, "state": "total"})
             self.pool_kv_blocks.set(sum(r.num_free_blocks for r in serving), tags={**pool_tags, "state": "free"})

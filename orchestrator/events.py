@@ -12,6 +12,7 @@ class ActionKind(str, Enum):
     REPLACE = "replace"
     ADOPT = "adopt"
     MIGRATE = "migrate"
+    CLOCK = "clock"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,13 @@ class ReplicaSnapshot:
     num_waiting_blocks: int = 0
     num_queued_prompt_tokens: int = 0
     mean_step_s: float = 0.0
+    # The device's clock, and the engine's P90 time to first token and P90 time between
+    # tokens over the replica's latency window at that clock (0 samples: no data).
+    clock_mhz: int = 0
+    ttft_p90_s: float = 0.0
+    num_ttft_samples: int = 0
+    itl_p90_s: float = 0.0
+    num_itl_samples: int = 0
     observed_at_s: float = 0.0
 
     @property

@@ -12,16 +12,19 @@ TAGS = ("replica", "pool", "role", "backend")
 
 class DeviceMetrics:
     def __init__(self, identity: SeriesIdentity, backend: str):
-        self._tags = {**identity.tags(), "backend": backend}
+        self.tags = {**identity.tags(), "backend": backend}
         self.clock = metrics.Gauge("tide_device_clock_mhz", "The device's SM clock.", tag_keys=TAGS)
         self.power = metrics.Gauge("tide_device_power_watts", "The device's power draw.", tag_keys=TAGS)
         self.energy = metrics.Counter("tide_device_energy_joules", "Energy the device used.", tag_keys=TAGS)
         self.utilization = metrics.Gauge(
             "tide_device_utilization_ratio", "Share of time the engine was stepping.", tag_keys=TAGS)
+        self.clock_control = metrics.Gauge(
+            "tide_device_clock_control", "1: Tide sets the device's clock; 0: observed only (the platform "
+            "refused clock control).", tag_keys=TAGS)
 
     def record(self, clock_mhz: float, power_w: float, joules: float, utilization: float) -> None:
-        self.clock.set(clock_mhz, tags=self._tags)
-        self.power.set(power_w, tags=self._tags)
-        self.utilization.set(utilization, tags=self._tags)
+        self.clock.set(clock_mhz, tags=self.tags)
+        self.power.set(power_w, tags=self.tags)
+        self.utilization.set(utilization, tags=self.tags)
         if joules > 0:
-            self.energy.inc(joules, tags=self._tags)
+            self.energy.inc(joules, tags=self.tags)

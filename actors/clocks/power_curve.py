@@ -1,10 +1,12 @@
-"""A device's power as a function of its clock and utilization, as data.
+"""A device's power and step time as functions of its clock, as data.
 
 P(f, u) = P_idle + u * (P_max - P_idle) * (f * V(f)^2) / (f_max * V(f_max)^2)
 
 Dynamic CMOS power is proportional to f * V^2; V rises with f along the DVFS curve (here
-linear between the end points). Curves live in actors/clocks/curves/*.yaml, each with its
-source.
+linear between the end points). A step that takes t at the maximum clock takes
+t * (1 - c + c * f_max / f) at clock f, where c is the step's compute-bound share (high for
+prefill, low for memory-bound decode). Curves live in actors/clocks/curves/*.yaml, each
+with its source.
 """
 
 from __future__ import annotations
@@ -26,12 +28,23 @@ class PowerCurve:
     max_w: float
     volts_at_min_clock: float
     volts_at_max_clock: float
+    prefill_compute_frac: float = 0.9
+    decode_compute_frac: float = 0.25
 
     def __post_init__(self):
         if not self.supported_clocks_mhz or sorted(self.supported_clocks_mhz) != list(self.supported_clocks_mhz):
             raise ValueError(f"{self.name}: supported clocks must be a non-empty ascending list")
         if not 0 <= self.idle_w <= self.max_w:
             raise ValueError(f"{self.name}: need 0 <= idle_w <= max_w")
+        if not (0 <= self.decode_compute_frac <= 1 and 0 <= self.prefill_compute_frac <= 1):
+            raise ValueError(f"{self.name}: compute-bound shares must be within [0, 1]")
+
+    def slowdown(self, clock_mhz: float, prefill_share: float) -> float:
+        """How much longer a step takes at `clock_mhz` than at the maximum clock, for a step
+        whose work is `prefill_share` prefill (the rest decode)."""
+        share = min(1.0, max(0.0, prefill_share))
+        compute = share * self.prefill_compute_frac + (1.0 - share) * self.decode_compute_frac
+        return 1.0 - compute + compute * self.max_clock_mhz / max(clock_mhz, 1.0)
 
     @property
     def min_clock_mhz(self) -> int:
@@ -60,4 +73,6 @@ class PowerCurve:
         raw = yaml.safe_load(path.read_text())
         return cls(name=name, source=raw["source"], supported_clocks_mhz=tuple(raw["supported_clocks_mhz"]),
                    idle_w=raw["idle_w"], max_w=raw["max_w"], volts_at_min_clock=raw["volts_at_min_clock"],
-                   volts_at_max_clock=raw["volts_at_max_clock"])
+                   volts_at_max_clock=raw["volts_at_max_clock"],
+                   prefill_compute_frac=raw.get("prefill_compute_frac", 0.9),
+                   decode_compute_frac=raw.get("decode_compute_frac", 0.25))

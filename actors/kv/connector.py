@@ -27,6 +27,7 @@ decides (`recompute` the blocks, or `fail` the request).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +39,8 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
+from actors.clocks.power_curve import PowerCurve
+from actors.clocks.step_stretch import EmulatedStepStretch
 from actors.kv.connector_scheduler import TideConnectorScheduler
 from actors.kv.connector_stats import TideConnectorStats
 from actors.kv.connector_worker import TideConnectorWorker
@@ -55,6 +58,20 @@ if TYPE_CHECKING:
 class TideConnectorMetadata(KVConnectorMetadata):
     exports: list[ExportSpec] = field(default_factory=list)
     imports: list[ImportSpec] = field(default_factory=list)
+    # The step's work, for the emulated clock's slowdown.
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+
+
+def step_work(scheduler_output: SchedulerOutput) -> tuple[int, int]:
+    """(prefill tokens, decode tokens) of a step: a request scheduled for one token decodes."""
+    prefill = decode = 0
+    for num_tokens in scheduler_output.num_scheduled_tokens.values():
+        if num_tokens == 1:
+            decode += 1
+        else:
+            prefill += num_tokens
+    return prefill, decode
 
 
 class TideKVConnector(KVConnectorBase_V1):
@@ -64,12 +81,21 @@ class TideKVConnector(KVConnectorBase_V1):
         block_size = vllm_config.cache_config.block_size
         self._scheduler: TideConnectorScheduler | None = None
         self._worker: TideConnectorWorker | None = None
+        self._stretch: EmulatedStepStretch | None = None
         if role == KVConnectorRole.SCHEDULER:
             self._scheduler = TideConnectorScheduler(staging_dir, block_size, kv_cache_config)
         else:
             self._worker = TideConnectorWorker(block_size, kv_cache_config)
+            clock = self._kv_transfer_config.get_from_extra_config("emulated_clock", None)
+            if clock:
+                self._stretch = EmulatedStepStretch(PowerCurve.load(clock["curve"]), Path(clock["file"]))
 
     # ---- worker side ----
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        super().bind_connector_metadata(connector_metadata)
+        if self._stretch is not None:
+            self._stretch.begin_step()
+
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         assert self._worker is not None
         self._worker.register_kv_caches(kv_caches)
@@ -91,6 +117,8 @@ class TideKVConnector(KVConnectorBase_V1):
         metadata = self._get_connector_metadata()
         assert isinstance(metadata, TideConnectorMetadata)
         self._worker.save(metadata.exports)
+        if self._stretch is not None:
+            self._stretch.end_step(metadata.prefill_tokens, metadata.decode_tokens)
 
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
         return self._worker.take_stats() if self._worker is not None else None
@@ -120,7 +148,9 @@ class TideKVConnector(KVConnectorBase_V1):
         assert self._scheduler is not None
         assert self._kv_cache_manager is not None
         exports, imports = self._scheduler.build_specs(scheduler_output, self._kv_cache_manager)
-        return TideConnectorMetadata(exports=exports, imports=imports)
+        prefill_tokens, decode_tokens = step_work(scheduler_output)
+        return TideConnectorMetadata(exports=exports, imports=imports, prefill_tokens=prefill_tokens,
+                                     decode_tokens=decode_tokens)
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         assert self._scheduler is not None

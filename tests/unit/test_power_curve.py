@@ -33,10 +33,26 @@ def test_dynamic_power_falls_faster_than_the_clock(a100):
 def test_energy_integrates_power(a100):
     device = EmulatedDevice(a100)
     assert device.clock_mhz == 1410 and device.backend == "emulated"
-    joules = device.advance(2.0, 0.5)
-    assert joules == pytest.approx(2.0 * a100.power_w(1410, 0.5))
-    device.advance(1.0, 0.0)
-    assert device.energy_j == pytest.approx(joules + a100.idle_w)
+    sample = device.sample(2.0, 0.5)
+    assert sample.joules == pytest.approx(2.0 * a100.power_w(1410, 0.5)) and sample.clock_mhz == 1410
+    device.sample(1.0, 0.0)
+    assert device.energy_j == pytest.approx(sample.joules + a100.idle_w)
+
+
+def test_prefill_slows_with_the_clock_and_decode_much_less(a100):
+    assert a100.slowdown(1410, 1.0) == a100.slowdown(1410, 0.0) == 1.0
+    prefill, decode = a100.slowdown(705, 1.0), a100.slowdown(705, 0.0)
+    assert prefill == pytest.approx(1 - 0.9 + 0.9 * 2)
+    assert decode == pytest.approx(1 - 0.25 + 0.25 * 2)
+    assert a100.slowdown(705, 0.5) == pytest.approx(1 - 0.575 + 0.575 * 2)
+
+
+def test_lower_clock_costs_less_energy_per_decode_step(a100):
+    """Energy of one decode step at full utilization: power x stretched time."""
+    def step_energy(clock):
+        return a100.power_w(clock, 1.0) * a100.slowdown(clock, 0.0)
+    energies = [step_energy(c) for c in a100.supported_clocks_mhz]
+    assert min(energies) < 0.6 * step_energy(1410)
 
 
 def test_unknown_curve_names_the_known_ones():
