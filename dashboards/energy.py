@@ -30,6 +30,20 @@ def build() -> dashboard.Dashboard:
                   f"+ rate(ray_vllm_generation_tokens_total{{{ENGINES}}}[{RATE}]))",
                   "{{pool}} ({{backend}})")],
             "A pool's energy over the prompt and generated tokens its engines processed.", width=12))
+        .with_row(dashboard.Row("Clock control"))
+        .with_panel(graph("Pool clock chosen by the controller", "MHz", [
+            query('ray_tide_pool_clock_mhz{pool=~"$pool"}', "{{pool}}")],
+            "Per pool: the clock the mode (off, fixed, per_pool, shared) set; off shows the replicas' clock."))
+        .with_panel(graph("SLO metric the clock policy follows (P90)", "s", [
+            query(f'ray_tide_replica_latency_p90_seconds{{{DEVICES}, role=~"prefill|colocated", metric="ttft"}}',
+                  "{{replica}} TTFT"),
+            query(f'ray_tide_replica_latency_p90_seconds{{{DEVICES}, role=~"decode|colocated", metric="itl"}}',
+                  "{{replica}} time between tokens")],
+            "The engine's P90 over each replica's latency window at its current clock, against the SLO."))
+        .with_panel(single("Devices under clock control", "percentunit",
+                           f"avg(ray_tide_device_clock_control{{{DEVICES}}})",
+                           "1: Tide sets every clock; below 1, some devices refused (observe-only: NVML "
+                           "permission) and keep the driver's clocks."))
         .with_row(dashboard.Row("Devices"))
         .with_panel(graph("SM clock", "MHz", [
             query(f"ray_tide_device_clock_mhz{{{DEVICES}}}", "{{replica}} ({{backend}})")]))

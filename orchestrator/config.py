@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from pathlib import Path
 
 import yaml
@@ -13,7 +12,7 @@ from actors.clocks.backend import ClockBackendKind
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.medium import MediumKind
 from actors.migration_spec import MigrationSettingsSpec
-from policies.dvfs import ClockPolicySettings, LatencyMetric, SloTargets
+from policies.dvfs import ClockMode, ClockPolicySettings, LatencyMetric, SloTargets
 from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import DataPath, RoutingPolicyKind
 from policies.snapshot import Role
@@ -87,17 +86,6 @@ class MigrationConfig(_Frozen):
         return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.stage_timeout_s)
 
 
-class ClockMode(str, Enum):
-    # Clocks are left to the driver (an emulated device runs at its maximum).
-    OFF = "off"
-    # Every pool locked at `fixed_clock_mhz`.
-    FIXED = "fixed"
-    # The SLO-aware policy, one clock per pool (policies/dvfs.py).
-    PER_POOL = "per_pool"
-    # The same policy, one clock for all pools: the highest any pool needs.
-    SHARED = "shared"
-
-
 class ClockSettings(_Frozen):
     """Device clocks and energy. A replica's device is its GPU through NVML, or, with no GPU,
     an emulated device: a modeled power curve (actors/clocks/curves/<power_curve>.yaml) at
@@ -132,7 +120,7 @@ class ClockSettings(_Frozen):
             margin=self.margin, lower_band=self.lower_band, hold_s=self.hold_s, raise_hold_s=self.raise_hold_s,
             max_steps_down=self.max_steps_down,
             min_samples=((LatencyMetric.TTFT, self.min_ttft_samples), (LatencyMetric.ITL, self.min_itl_samples)),
-            fresh_s=self.fresh_s, missing_after_s=self.missing_after_s, shared=self.mode == ClockMode.SHARED)
+            fresh_s=self.fresh_s, missing_after_s=self.missing_after_s)
 
 
 class SLOConfig(_Frozen):

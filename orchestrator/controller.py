@@ -71,7 +71,9 @@ class ControllerActor:
         self._metrics = ControllerMetrics(config.name)
         self._migrating: set[tuple[ReplicaId, ReplicaId]] = set()
         self._recent_migrations: deque[tuple[ReplicaId, ReplicaId, float]] = deque(maxlen=256)
-        self._clocks = PoolClocks(config)
+        clocks = config.clocks
+        self._clocks = PoolClocks(clocks.mode, clocks.fixed_clock_mhz, clocks.policy_settings(), config.slo.targets(),
+                                  [p.name for p in config.pools])
         self._setting_clock: set[ReplicaId] = set()
         self.num_ticks = 0
         self.num_tick_errors = 0
@@ -187,7 +189,8 @@ class ControllerActor:
             if replica_id not in self._setting_clock:
                 self._setting_clock.add(replica_id)
                 self._spawn(self._set_clock(replica_id, clock), lambda r=replica_id: self._setting_clock.discard(r))
-        self._metrics.record_pool_clocks(self._clocks.chosen)
+        reported = {p.name: max((r.clock_mhz for r in p.serving), default=0) for p in self._snapshot.pools}
+        self._metrics.record_pool_clocks({**{k: v for k, v in reported.items() if v}, **self._clocks.chosen})
 
     async def _observe(self) -> None:
         now = time.time()

@@ -1,39 +1,47 @@
 """The controller's side of per-pool clocks: each pool's chosen clock and when it last
 changed, the pool's latency readings over time, the decision for the configured mode, and
 which replicas still run at another clock than their pool's (new, restarted, or a set
-that failed)."""
+that failed). The simulator drives the same class."""
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 from actors.clocks.backend import lowest_at_or_above
-from orchestrator.config import ClockMode, ClockSettings, ClusterConfig
-from policies.dvfs import ClockObservation, LatencyMetric, PoolClockView, SetPoolClock, decide_clocks
+from policies.dvfs import (
+    ClockMode,
+    ClockObservation,
+    ClockPolicySettings,
+    LatencyMetric,
+    PoolClockView,
+    SetPoolClock,
+    SloTargets,
+    decide_clocks,
+)
 from policies.snapshot import ClusterSnapshot, PoolSnapshot, ReplicaId
 
 
 class PoolClocks:
-    def __init__(self, config: ClusterConfig, history: int = 240):
-        self._settings = config.clocks
-        self._policy = config.clocks.policy_settings()
-        self._slo = config.slo.targets()
+    def __init__(self, mode: ClockMode, fixed_clock_mhz: int | None, policy: ClockPolicySettings, slo: SloTargets,
+                 pools: list[str], history: int = 240):
+        self._mode = mode
+        self._fixed_clock_mhz = fixed_clock_mhz
+        self._policy = replace(policy, shared=mode == ClockMode.SHARED)
+        self._slo = slo
         self._chosen: dict[str, int] = {}
         self._changed_at: dict[str, float] = {}
         self._raised_at: dict[str, float] = {}
         self._observations: dict[str, deque[ClockObservation]] = {
-            p.name: deque(maxlen=history) for p in config.pools}
-
-    @property
-    def settings(self) -> ClockSettings:
-        return self._settings
+            pool: deque(maxlen=history) for pool in pools}
 
     def change_mode(self, mode: ClockMode, fixed_clock_mhz: int | None, now_s: float) -> None:
         """Switches mode live (e.g. to pin every pool during an incident); the policy's
         hold time counts from the switch."""
-        self._settings = self._settings.model_copy(update={"mode": mode, "fixed_clock_mhz": fixed_clock_mhz})
-        ClockSettings.model_validate(self._settings.model_dump())
-        self._policy = self._settings.policy_settings()
+        if mode == ClockMode.FIXED and fixed_clock_mhz is None:
+            raise ValueError("clock mode fixed needs a clock")
+        self._mode, self._fixed_clock_mhz = mode, fixed_clock_mhz
+        self._policy = replace(self._policy, shared=mode == ClockMode.SHARED)
         self._changed_at = {pool: now_s for pool in self._changed_at}
         if mode == ClockMode.OFF:
             self._chosen.clear()
@@ -44,7 +52,7 @@ class PoolClocks:
 
     def decide(self, snapshot: ClusterSnapshot, supported: dict[str, tuple[int, ...]]) -> list[SetPoolClock]:
         """What the mode wants this tick. Pools start at their maximum clock."""
-        if self._settings.mode == ClockMode.OFF:
+        if self._mode == ClockMode.OFF:
             return []
         now = snapshot.taken_at_s
         for pool in snapshot.pools:
@@ -53,10 +61,10 @@ class PoolClocks:
                 self._chosen[pool.name], self._changed_at[pool.name] = clocks[-1], now
             if pool.name in self._chosen:
                 self._observe(pool, now)
-        if self._settings.mode == ClockMode.FIXED:
+        if self._mode == ClockMode.FIXED:
             return [SetPoolClock(pool, fixed, "fixed") for pool, clocks in supported.items()
                     if pool in self._chosen
-                    and self._chosen[pool] != (fixed := lowest_at_or_above(clocks, self._settings.fixed_clock_mhz))]
+                    and self._chosen[pool] != (fixed := lowest_at_or_above(clocks, self._fixed_clock_mhz))]
         views = tuple(
             PoolClockView(p.name, p.role, supported[p.name], self._chosen[p.name], self._changed_at[p.name],
                           tuple(self._observations[p.name]), self._raised_at.get(p.name, float("-inf")))

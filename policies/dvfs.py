@@ -29,6 +29,17 @@ import numpy as np
 from policies.snapshot import Role
 
 
+class ClockMode(str, Enum):
+    # Clocks are left to the driver (an emulated device runs at its maximum).
+    OFF = "off"
+    # Every pool locked at one given clock.
+    FIXED = "fixed"
+    # This policy, one clock per pool.
+    PER_POOL = "per_pool"
+    # This policy, one clock for all pools: the highest any pool needs.
+    SHARED = "shared"
+
+
 class LatencyMetric(str, Enum):
     TTFT = "ttft"
     # Time between tokens, the engine's measure of TPOT.

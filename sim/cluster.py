@@ -17,6 +17,10 @@ from policies.migration import decide_migrations
 from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, Role
 from sim.config import SimConfig
 from sim.cost_model import StepCostModel
+from actors.clocks.power_curve import PowerCurve
+from actors.latency_window import LatencyWindow
+from orchestrator.pool_clocks import PoolClocks
+from policies.dvfs import ClockMode, SloTargets
 from sim.executor import SimExecutor
 from sim.metrics import LogHistogram, latency_summary
 from sim.replica import SimReplica
@@ -70,7 +74,13 @@ class Simulation:
         self.replicas: dict[ReplicaId, SimReplica] = {}
         self.target_sizes = {p.name: p.num_replicas for p in config.pools}
         self._pool_roles = {p.name: p.role for p in config.pools}
-        self._pool_clocks = {p.name: p.clock_frac for p in config.pools}
+        self.device = PowerCurve.load(config.device)
+        self._pool_clocks = {p.name: p.clock_mhz or self.device.max_clock_mhz for p in config.pools}
+        self._replica_since: dict[ReplicaId, float] = {}
+        self._retired_j = 0.0
+        self.clocks = (PoolClocks(config.clock_mode, None, config.clock_policy,
+                                  SloTargets(config.slo.ttft_s, config.slo.tpot_s), list(self._pool_roles))
+                       if config.clock_mode != ClockMode.OFF else None)
         self._events: list = []
         self._counter = itertools.count()
         self._ids = itertools.count()
@@ -92,17 +102,29 @@ class Simulation:
     def add_replica(self, pool: str, start_s: float = 0.0) -> SimReplica:
         """A replica of `pool` that serves after `start_s` (its engine starting)."""
         replica_id = ReplicaId(f"{pool}-{next(self._ids)}")
-        replica = SimReplica(replica_id, pool, self._pool_roles[pool], self.cost, self._pool_clocks[pool],
-                             self.config.max_decode_run_steps)
+        clock = self._pool_clocks[pool]
+        latencies = LatencyWindow(self.config.latency_window_s) if self.clocks is not None else None
+        replica = SimReplica(replica_id, pool, self._pool_roles[pool], self.cost, clock / self.device.max_clock_mhz,
+                             self.config.max_decode_run_steps, self.device.power_w(clock, 1.0) - self.device.idle_w,
+                             clock, latencies)
         self.replicas[replica_id] = replica
+        self._replica_since[replica_id] = self.now_s
         if start_s > 0:
             replica.health = Health.STARTING
             self._push(self.now_s + start_s, Event.READY, replica_id)
         return replica
 
+    def set_pool_clock(self, pool: str, clock_mhz: int) -> None:
+        self._pool_clocks[pool] = clock_mhz
+        for replica in self.replicas.values():
+            if replica.pool == pool:
+                replica.set_clock(clock_mhz, clock_mhz / self.device.max_clock_mhz,
+                                  self.device.power_w(clock_mhz, 1.0) - self.device.idle_w)
+
     def remove_replica(self, replica_id: ReplicaId) -> None:
         replica = self.replicas.pop(replica_id)
         replica.version += 1  # its pending step end is void
+        self._retired_j += self._replica_energy_j(replica)
         self._candidates = {}
         for seq in replica.running + list(replica.waiting):
             self.executor.forget(seq)
@@ -144,8 +166,19 @@ class Simulation:
                 # else: nothing left can happen (a request that fits no replica never finishes)
         span = max(last_arrival, 1e-9)
         summary = latency_summary(records, self.itl, self.config.slo, span)
+        summary["energy"] = self._energy_summary(records)
         return SimResult(self.cost.name, self.cost.source, summary, self.now_s,
                          time.perf_counter() - started, self.num_events, dict(self.executor.counts), self.timeline, records)
+
+    def _replica_energy_j(self, replica: SimReplica) -> float:
+        """Idle power over the replica's life, plus the dynamic power of its steps."""
+        return self.device.idle_w * (self.now_s - self._replica_since[replica.replica_id]) + replica.dynamic_j
+
+    def _energy_summary(self, records: list[RequestRecord]) -> dict:
+        joules = self._retired_j + sum(self._replica_energy_j(r) for r in self.replicas.values())
+        tokens = sum(r.request.output_tokens for r in records if r.finish_s >= 0)
+        return {"device": self.device.name, "joules": joules, "joules_per_output_token": joules / max(1, tokens),
+                "pool_clocks_mhz": dict(self._pool_clocks)}
 
     def schedule(self, at_s: float, action) -> None:
         """Carries out `action` (a policy action type) at `at_s`: scripted scaling or faults."""
@@ -179,6 +212,7 @@ class Simulation:
         outcome = replica.finish_step()
         for duration, num_tokens in outcome.decode_steps:
             self.itl.add(duration, num_tokens)
+        replica.record_latencies(self.now_s, outcome)
         for seq in outcome.handed_off:
             self._hand_off(seq)
         for seq in outcome.stopped:
@@ -247,6 +281,9 @@ class Simulation:
         if plan is not None:
             actions += decide_migrations(snapshot, self.executor.migration_history(self.now_s), plan.settings,
                                          self.now_s, plan.mode)
+        if self.clocks is not None:
+            supported = {pool: self.device.supported_clocks_mhz for pool in self._pool_roles}
+            actions += self.clocks.decide(snapshot, supported)
         for action in actions:
             self.executor.execute(action)
         if len(self.replicas) <= self.config.max_timeline_replicas:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.dvfs import ClockMode, ClockPolicySettings
 from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import RoutingPolicyKind
 from policies.snapshot import Role
@@ -18,7 +19,8 @@ class SimPool:
     name: str
     role: Role
     num_replicas: int
-    clock_frac: float = 1.0
+    # The pool's device clock; None: the device's maximum.
+    clock_mhz: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class MigrationPlan:
 class SimConfig:
     pools: tuple[SimPool, ...]
     calibration: str = "cpu-tiny"
+    # The device's power curve and compute-bound shares (actors/clocks/curves/).
+    device: str = "a100-sxm4-40gb"
     routing: RoutingPolicyKind = RoutingPolicyKind.LOAD_AWARE
     # The ingress routes on a snapshot this old at most (Tide: serve.routing_refresh_s).
     routing_refresh_s: float = 0.2
@@ -69,6 +73,11 @@ class SimConfig:
     max_timeline_replicas: int = 64
     # KV pool per replica in blocks; None: the calibration's.
     num_blocks: int | None = None
+    # Device clocks: the pools' static `clock_mhz` (mode off), or the controller's clock
+    # policy (per_pool, shared) fed by each replica's latencies over `latency_window_s`.
+    clock_mode: ClockMode = ClockMode.OFF
+    clock_policy: ClockPolicySettings = ClockPolicySettings()
+    latency_window_s: float = 10.0
     # Longest run of decode steps simulated as one event (1: step by step, to check runs).
     max_decode_run_steps: int | None = None
 

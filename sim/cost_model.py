@@ -8,8 +8,9 @@ request reaches its replica `request_overhead_s` after it arrives. The coefficie
 from a calibration file: measured here on a real engine alone (`python -m sim.calibrate`)
 or on the real serving path, front door included (`python -m sim.calibrate_cluster`), or
 derived from a published GPU profile; every simulation result names the calibration it
-used. A clock below the maximum stretches the
-compute-bound share of a step (see `step_s`).
+used. A clock below the maximum stretches the compute-bound share of each part of a step:
+most of the prefill work, a small share of the rest (decode is bound by memory bandwidth;
+see `step_s` and actors/clocks/power_curve.py, whose shares the simulator uses too).
 """
 
 from __future__ import annotations
@@ -39,17 +40,22 @@ class StepCostModel:
     weight_bytes: int
     max_num_batched_tokens: int
     max_num_seqs: int
-    # Share of a step that scales with 1/clock (compute); the rest (memory traffic) does not.
-    compute_bound_frac: float = 0.5
+    # Share of the prefill part, and of the rest of a step (decode, attention over the
+    # context, fixed cost), that scales with 1/clock; the remainder (memory traffic) does not.
+    prefill_compute_frac: float = 0.9
+    decode_compute_frac: float = 0.25
     # From a request's arrival to its replica's queue (the serving path's fixed latency;
     # 0 for an engine profiled alone).
     request_overhead_s: float = 0.0
 
     def step_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int, clock_frac: float = 1.0) -> float:
         """One step at `clock_frac` of the maximum clock."""
-        at_max = (self.base_s + self.prefill_token_s * prefill_tokens + self.decode_seq_s * decode_seqs
-                  + self.context_token_s * context_tokens)
-        return at_max * (1.0 - self.compute_bound_frac + self.compute_bound_frac / clock_frac)
+        prefill = self.prefill_token_s * prefill_tokens
+        rest = self.base_s + self.decode_seq_s * decode_seqs + self.context_token_s * context_tokens
+        if clock_frac == 1.0:
+            return prefill + rest
+        return (prefill * (1.0 - self.prefill_compute_frac + self.prefill_compute_frac / clock_frac)
+                + rest * (1.0 - self.decode_compute_frac + self.decode_compute_frac / clock_frac))
 
     def decode_run_s(self, num_steps: int, batch: int, context_tokens: int, clock_frac: float = 1.0) -> float:
         """`num_steps` decode-only steps of `batch` sequences starting from `context_tokens`

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
+from policies.dvfs import SetPoolClock
 from policies.migration import MigrateRequests, MigrationHistory, MigrationMode
 from policies.snapshot import Health, ReplicaId
 from sim.sequence import SimSequence
@@ -25,7 +26,7 @@ class SimExecutor:
         self._in_flight: dict[int, tuple[ReplicaId, ReplicaId]] = {}
         self._recent: list[tuple[ReplicaId, ReplicaId, float]] = []
 
-    def execute(self, action: Action | MigrateRequests) -> None:
+    def execute(self, action: Action | MigrateRequests | SetPoolClock) -> None:
         self.counts[type(action).__name__] += 1
         if isinstance(action, MigrateRequests):
             self._migrate(action)
@@ -36,6 +37,9 @@ class SimExecutor:
             self._sim.add_replica(action.pool, REPLICA_START_S)
         elif isinstance(action, RemoveReplica):
             self._sim.remove_replica(action.replica_id)
+        elif isinstance(action, SetPoolClock):
+            self._sim.clocks.apply(action, self._sim.now_s)
+            self._sim.set_pool_clock(action.pool, action.clock_mhz)
 
     # ---- live migration ----
     def migration_history(self, now_s: float) -> MigrationHistory:

@@ -13,6 +13,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from actors.latency_window import LatencyWindow
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
 from sim.cost_model import StepCostModel
 from sim.sequence import SimSequence
@@ -29,17 +30,26 @@ class StepOutcome:
     stopped: list[SimSequence] = field(default_factory=list)
     # (duration, sequences that produced a token) of each decode step, for inter-token latency.
     decode_steps: list[tuple[float, int]] = field(default_factory=list)
+    # Time to first token of the sequences whose first token came in this step.
+    ttfts: list[float] = field(default_factory=list)
 
 
 class SimReplica:
     def __init__(self, replica_id: ReplicaId, pool: str, role: Role, cost: StepCostModel, clock_frac: float = 1.0,
-                 max_run_steps: int | None = None):
+                 max_run_steps: int | None = None, dynamic_w: float = 0.0, clock_mhz: int = 0,
+                 latencies: LatencyWindow | None = None):
         self.replica_id = replica_id
         self.max_run_steps = max_run_steps
         self.pool = pool
         self.role = role
         self.cost = cost
         self.clock_frac = clock_frac
+        # Power above idle while stepping, at the replica's clock; its integral over steps.
+        self.dynamic_w = dynamic_w
+        self.dynamic_j = 0.0
+        self.clock_mhz = clock_mhz
+        # Recent TTFT and inter-token latencies at the current clock, for the clock policy.
+        self.latencies = latencies
         self.health = Health.HEALTHY
         self.waiting: deque[SimSequence] = deque()
         self.running: list[SimSequence] = []
@@ -116,6 +126,7 @@ class SimReplica:
         ended_s = self.step_ends_s
         duration = ended_s - self._step_started_s
         self.busy_s += duration
+        self.dynamic_j += duration * self.dynamic_w
         self._recent_step_s = duration / self._num_steps
         n = self._num_steps
         if n > 1:
@@ -133,6 +144,7 @@ class SimReplica:
             seq.num_generated += 1 if n == 1 else n
             if seq.record.first_token_s < 0:
                 seq.record.first_token_s = ended_s
+                outcome.ttfts.append(ended_s - seq.record.request.arrival_s)
             if seq.remaining_output <= 0:
                 seq.record.finish_s = ended_s
                 self._drop(seq)
@@ -150,6 +162,18 @@ class SimReplica:
         self.step_ends_s = None
         return outcome
 
+    def set_clock(self, clock_mhz: int, clock_frac: float, dynamic_w: float) -> None:
+        """From the next step on (the step in progress keeps its clock)."""
+        if clock_mhz != self.clock_mhz and self.latencies is not None:
+            self.latencies.restart()
+        self.clock_mhz, self.clock_frac, self.dynamic_w = clock_mhz, clock_frac, dynamic_w
+
+    def record_latencies(self, now_s: float, outcome: StepOutcome) -> None:
+        if self.latencies is not None:
+            self.latencies.add(now_s, outcome.ttfts, [])
+            for duration, num_tokens in outcome.decode_steps:
+                self.latencies.add_itl(now_s, duration, num_tokens)
+
     def take_running(self, newest: int) -> list[SimSequence]:
         """The `newest` running sequences that are decoding and not already moving."""
         return [s for s in reversed(self.running) if not s.in_prefill and s.migration is None][:newest]
@@ -165,8 +189,16 @@ class SimReplica:
             num_waiting_blocks=sum(_blocks(s.num_tokens, bs) for s in self.waiting),
             num_queued_prompt_tokens=sum(s.target_tokens - s.num_computed for s in self.waiting)
             + sum(s.target_tokens - s.num_computed for s in self.running if s.in_prefill),
-            mean_step_s=self._recent_step_s, observed_at_s=now_s,
+            mean_step_s=self._recent_step_s, clock_mhz=self.clock_mhz, observed_at_s=now_s,
+            **self._latency_fields(now_s),
         )
+
+    def _latency_fields(self, now_s: float) -> dict:
+        if self.latencies is None:
+            return {}
+        ttft, itl = self.latencies.ttft(now_s), self.latencies.itl(now_s)
+        return {"ttft_p90_s": ttft.p90_s, "num_ttft_samples": ttft.num_samples,
+                "itl_p90_s": itl.p90_s, "num_itl_samples": itl.num_samples}
 
     # ---- vLLM v1's scheduling ----
     def _schedule(self) -> tuple[list[tuple[SimSequence, int]], bool, bool]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from policies.actions import RemoveReplica
+from policies.dvfs import ClockMode, ClockPolicySettings
 from policies.migration import MigrationSettings
 from policies.routing import RoutingPolicyKind
 from policies.snapshot import Role
 from sim.cluster import Simulation
 from sim.config import LINKS, MigrationPlan, SimConfig, SimPool
 from sim.cost_model import StepCostModel
+from sim.metrics import SLO
 from sim.workload import SimRequest, burst_steps, fixed_lengths, from_trace, gamma_arrivals, tiled_trace, trace_lengths
 from tests.unit.sim_fixtures import cost_model
 
@@ -128,3 +130,39 @@ def test_burst_steps_change_the_arrival_rate_step_by_step():
     assert counts[0] == pytest.approx(200, rel=0.25) and counts[2] == pytest.approx(200, rel=0.25)
     assert counts[1] == pytest.approx(2000, rel=0.1)
     assert [r.request_id for r in requests] == list(range(len(requests)))
+
+
+def test_energy_is_idle_power_over_the_run_plus_dynamic_power_while_stepping():
+    cost = cost_model()
+    sim = Simulation(SimConfig(pools=(SimPool("colocated", Role.COLOCATED, 1),)), cost)
+    result = sim.run([SimRequest(0, 0.0, 100, 20)])
+    [replica] = sim.replicas.values()
+    curve = sim.device
+    energy = result.summary["energy"]
+    assert energy["joules"] == pytest.approx(curve.idle_w * result.simulated_s + (curve.max_w - curve.idle_w) * replica.busy_s)
+    assert energy["joules_per_output_token"] == pytest.approx(energy["joules"] / 20)
+
+
+def test_a_lower_decode_clock_stretches_decode_little_and_saves_energy():
+    cost = cost_model()
+    requests = gamma_arrivals(2, 1.0, 40, fixed_lengths(200, 50), seed=2)
+    at_max = _run(SimConfig(pools=ONE_P_ONE_D), requests, cost).summary
+    slow_decode = (SimPool("prefill", Role.PREFILL, 1), SimPool("decode", Role.DECODE, 1, clock_mhz=705))
+    lowered = _run(SimConfig(pools=slow_decode), requests, cost).summary
+    # Half the clock: a decode step takes 1.25x (its compute-bound share is 0.25); TPOT a
+    # little more, as requests stay longer and batches grow. A prefill would take 1.9x.
+    assert 1.0 < lowered["tpot_s"]["p50"] / at_max["tpot_s"]["p50"] < 1.5
+    assert lowered["energy"]["joules_per_output_token"] < at_max["energy"]["joules_per_output_token"]
+
+
+def test_the_clock_policy_lowers_clocks_under_light_load_within_the_slo():
+    cost = cost_model()
+    requests = gamma_arrivals(2, 1.0, 400, fixed_lengths(200, 50), seed=3)
+    slo = SLO(ttft_s=1.0, tpot_s=0.05)
+    at_max = _run(SimConfig(pools=ONE_P_ONE_D, slo=slo), requests, cost).summary
+    sim = Simulation(SimConfig(pools=ONE_P_ONE_D, slo=slo, clock_mode=ClockMode.PER_POOL,
+                               clock_policy=ClockPolicySettings(hold_s=2.0)), cost)
+    steered = sim.run(requests).summary
+    assert sim.clocks.chosen["decode"] < 1410 and sim.clocks.chosen["prefill"] < 1410
+    assert steered["energy"]["joules_per_output_token"] < 0.8 * at_max["energy"]["joules_per_output_token"]
+    assert steered["slo_attainment"] >= 0.99 and at_max["slo_attainment"] >= 0.99

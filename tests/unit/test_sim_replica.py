@@ -116,6 +116,8 @@ def test_the_fit_recovers_known_coefficients():
 
 def test_a_lower_clock_stretches_the_compute_bound_share():
     cost = cost_model()
-    at_max = cost.step_s(100, 4, 1000)
-    assert cost.step_s(100, 4, 1000, clock_frac=0.5) == pytest.approx(at_max * 1.5)
+    prefill = cost.step_s(100, 0, 0) - cost.step_s(0, 0, 0)
+    rest = cost.step_s(0, 4, 1000)
+    # Half the clock: the prefill part 0.1 + 0.9 * 2, the rest 0.75 + 0.25 * 2.
+    assert cost.step_s(100, 4, 1000, clock_frac=0.5) == pytest.approx(prefill * 1.9 + rest * 1.25)
     assert cost.decode_run_s(3, 4, 1000) == pytest.approx(sum(cost.step_s(0, 4, 1000 + 4 * (k + 1)) for k in range(3)))
