@@ -59,6 +59,8 @@ class PoolConfig(_Frozen):
     role: Role
     num_replicas: int = Field(1, ge=0)
     num_cpus: float = Field(0.0, ge=0, description="Ray CPUs reserved per replica actor")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs per replica actor (its engine's devices; "
+                            "NVML clock control needs them)")
     resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per replica")
 
 

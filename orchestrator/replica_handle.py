@@ -36,6 +36,7 @@ class ReplicaHandle:
             namespace=cluster,
             lifetime="detached",
             num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
             resources=dict(pool.resources) or None,
             max_restarts=0,
             max_concurrency=1000,
