@@ -20,7 +20,9 @@ from sim.cost_model import StepCostModel
 from actors.clocks.power_curve import PowerCurve
 from actors.latency_window import LatencyWindow
 from orchestrator.pool_clocks import PoolClocks
+from policies.burst import decide_burst
 from policies.dvfs import ClockMode, SloTargets
+from sim.burst_executor import SimBurstExecutor
 from sim.executor import SimExecutor
 from sim.metrics import LogHistogram, latency_summary
 from sim.replica import SimReplica
@@ -93,6 +95,7 @@ class Simulation:
         self.itl = LogHistogram()
         self.timeline = Timeline()
         self.executor = SimExecutor(self)
+        self.burst = SimBurstExecutor(self, config.burst) if config.burst is not None else None
         self.num_events = 0
         for pool in config.pools:
             for _ in range(pool.num_replicas):
@@ -107,6 +110,7 @@ class Simulation:
         replica = SimReplica(replica_id, pool, self._pool_roles[pool], self.cost, clock / self.device.max_clock_mhz,
                              self.config.max_decode_run_steps, self.device.power_w(clock, 1.0) - self.device.idle_w,
                              clock, latencies)
+        replica.offload_link = self.config.offload_link
         self.replicas[replica_id] = replica
         self._replica_since[replica_id] = self.now_s
         if start_s > 0:
@@ -167,8 +171,9 @@ class Simulation:
         span = max(last_arrival, 1e-9)
         summary = latency_summary(records, self.itl, self.config.slo, span)
         summary["energy"] = self._energy_summary(records)
+        actions = dict(self.executor.counts) | (dict(self.burst.counts) if self.burst else {})
         return SimResult(self.cost.name, self.cost.source, summary, self.now_s,
-                         time.perf_counter() - started, self.num_events, dict(self.executor.counts), self.timeline, records)
+                         time.perf_counter() - started, self.num_events, actions, self.timeline, records)
 
     def _replica_energy_j(self, replica: SimReplica) -> float:
         """Idle power over the replica's life, plus the dynamic power of its steps."""
@@ -284,6 +289,10 @@ class Simulation:
         if self.clocks is not None:
             supported = {pool: self.device.supported_clocks_mhz for pool in self._pool_roles}
             actions += self.clocks.decide(snapshot, supported)
+        if self.burst is not None:
+            weight_blocks = {pool: self.burst.weight_blocks for pool in self._pool_roles}
+            actions += decide_burst(snapshot, self.burst.state(), weight_blocks, self.config.burst.settings)
+            self.burst.observed(snapshot)
         for action in actions:
             self.executor.execute(action)
         if len(self.replicas) <= self.config.max_timeline_replicas:

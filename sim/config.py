@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.burst import BurstSettings
 from policies.dvfs import ClockMode, ClockPolicySettings
 from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import RoutingPolicyKind
@@ -57,6 +58,22 @@ class MigrationPlan:
 
 
 @dataclass(frozen=True)
+class BurstPlan:
+    """Parameter dropping as the controller runs it (KunServe): the policy's settings, and
+    what a pipeline costs. A member's steps stretch by `pipeline_factor` (pipeline bubbles;
+    a modeled 10 %) plus one hop of the step's hidden states over `pipeline_link` per stage
+    boundary; restoring reloads the dropped weights over `restore_link` (a host copy over
+    PCIe by default) while the group keeps serving."""
+
+    settings: BurstSettings = BurstSettings()
+    pipeline_factor: float = 1.1
+    pipeline_link: TransferLink = LINKS["nvlink"]
+    # Llama-2-7B: hidden size 4096 in fp16.
+    hidden_bytes_per_token: int = 8192
+    restore_link: TransferLink = LINKS["pcie"]
+
+
+@dataclass(frozen=True)
 class SimConfig:
     pools: tuple[SimPool, ...]
     calibration: str = "cpu-tiny"
@@ -73,6 +90,10 @@ class SimConfig:
     max_timeline_replicas: int = 64
     # KV pool per replica in blocks; None: the calibration's.
     num_blocks: int | None = None
+    burst: BurstPlan | None = None
+    # Preemption offloads KV to host memory over this link (vLLM's KV offloading) instead
+    # of recomputing it; None: recompute (vLLM's default).
+    offload_link: TransferLink | None = None
     # Device clocks: the pools' static `clock_mhz` (mode off), or the controller's clock
     # policy (per_pool, shared) fed by each replica's latencies over `latency_window_s`.
     clock_mode: ClockMode = ClockMode.OFF

@@ -7,9 +7,11 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
+from policies.burst import DropParameters, RestoreParameters
 from policies.dvfs import SetPoolClock
 from policies.migration import MigrateRequests, MigrationHistory, MigrationMode
 from policies.snapshot import Health, ReplicaId
+from sim.burst_executor import RestoreDone
 from sim.sequence import SimSequence
 
 if TYPE_CHECKING:
@@ -37,6 +39,10 @@ class SimExecutor:
             self._sim.add_replica(action.pool, REPLICA_START_S)
         elif isinstance(action, RemoveReplica):
             self._sim.remove_replica(action.replica_id)
+        elif isinstance(action, (DropParameters, RestoreParameters)):
+            self._sim.burst.execute(action)
+        elif isinstance(action, RestoreDone):
+            self._sim.burst.finish_restore(action.members)
         elif isinstance(action, SetPoolClock):
             self._sim.clocks.apply(action, self._sim.now_s)
             self._sim.set_pool_clock(action.pool, action.clock_mhz)

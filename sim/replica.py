@@ -53,7 +53,16 @@ class SimReplica:
         self.health = Health.HEALTHY
         self.waiting: deque[SimSequence] = deque()
         self.running: list[SimSequence] = []
+        self.num_blocks = cost.num_blocks
         self.free_blocks = cost.num_blocks
+        # Serving as a pipeline stage after a parameter drop: steps stretch by
+        # `pipeline_factor` (bubbles) plus hidden-state hops, set by the simulation.
+        self.pipeline_factor = 1.0
+        self.pipeline_hop_s = None  # tokens in a step -> seconds of hops
+        # KV offload (swap) preemption instead of recompute: preempted KV goes to host
+        # memory over this link and comes back when readmitted; the copies block the step.
+        self.offload_link = None
+        self._offload_copy_s = 0.0
         # The (macro-)step in progress: its sequences and chunks, start, length in steps.
         self._batch: list[tuple[SimSequence, int]] = []
         self._step_started_s = 0.0
@@ -86,16 +95,19 @@ class SimReplica:
         prefill_tokens = sum(chunk for seq, chunk in self._batch if seq.in_prefill)
         context = sum(seq.num_computed + chunk for seq, chunk in self._batch)
         num_steps = 1
-        if decode_only and (not self.waiting or admission_stuck):
+        if decode_only and (not self.waiting or admission_stuck) and not self._offload_copy_s:
             num_steps = self._decode_run_length()
         self._step_started_s = now_s
         self._num_steps = num_steps
         self._context_at_start = context - len(self._batch)
         if num_steps == 1:
             duration = self.cost.step_s(prefill_tokens, len(self._batch) - self._num_prefilling(), context, self.clock_frac)
+            duration = self._as_pipeline(duration, prefill_tokens + len(self._batch) - self._num_prefilling(), 1)
         else:
             duration = self._decode_run_s(num_steps)
             self._reserve_blocks(num_steps)
+        duration += self._offload_copy_s
+        self._offload_copy_s = 0.0
         self.step_ends_s = now_s + duration
         self.version += 1
         return self.step_ends_s
@@ -184,7 +196,7 @@ class SimReplica:
         return ReplicaSnapshot(
             replica_id=self.replica_id, pool=self.pool, role=self.role, health=self.health,
             num_running=len(self.running), num_waiting=len(self.waiting),
-            num_total_blocks=self.cost.num_blocks, num_free_blocks=self.free_blocks,
+            num_total_blocks=self.num_blocks, num_free_blocks=self.free_blocks,
             num_head_waiting_blocks=_blocks(head.num_tokens, bs) if head else 0,
             num_waiting_blocks=sum(_blocks(s.num_tokens, bs) for s in self.waiting),
             num_queued_prompt_tokens=sum(s.target_tokens - s.num_computed for s in self.waiting)
@@ -233,6 +245,9 @@ class SimReplica:
                 break
             self.waiting.popleft()
             self.running.append(seq)
+            if seq.offloaded:
+                seq.offloaded = False
+                self._offload_copy_s += self.offload_link.seconds(self.cost.kv_bytes(seq.num_computed))
             batch.append((seq, chunk))
             budget -= chunk
         decode_only = all(not seq.in_prefill for seq, _ in batch)
@@ -248,12 +263,17 @@ class SimReplica:
         return True
 
     def _preempt(self, seq: SimSequence) -> None:
-        """vLLM's recompute preemption: free the blocks, prefill again later."""
+        """vLLM's recompute preemption: free the blocks, prefill again later; with an
+        offload link, the KV is copied to host memory and loaded back instead."""
         self.running.remove(seq)
         self.free_blocks += seq.num_blocks
         seq.num_blocks = 0
-        seq.num_computed = 0
-        seq.target_tokens = seq.num_tokens
+        if self.offload_link is not None and not seq.in_prefill:
+            seq.offloaded = True
+            self._offload_copy_s += self.offload_link.seconds(self.cost.kv_bytes(seq.num_computed))
+        else:
+            seq.num_computed = 0
+            seq.target_tokens = seq.num_tokens
         seq.record.num_preemptions += 1
         self.waiting.appendleft(seq)
 
@@ -301,7 +321,23 @@ class SimReplica:
                 seq.num_blocks = keep
 
     def _decode_run_s(self, num_steps: int) -> float:
-        return self.cost.decode_run_s(num_steps, len(self._batch), self._context_at_start, self.clock_frac)
+        run_s = self.cost.decode_run_s(num_steps, len(self._batch), self._context_at_start, self.clock_frac)
+        return self._as_pipeline(run_s, len(self._batch), num_steps)
+
+    def _as_pipeline(self, seconds: float, tokens_per_step: int, num_steps: int) -> float:
+        if self.pipeline_hop_s is None:
+            return seconds
+        return seconds * self.pipeline_factor + num_steps * self.pipeline_hop_s(tokens_per_step)
+
+    def resize_kv(self, num_blocks: int) -> None:
+        """A parameter drop (more blocks) or a restore (back to the original count; the
+        caller checks the used blocks fit)."""
+        self.free_blocks += num_blocks - self.num_blocks
+        self.num_blocks = num_blocks
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - self.free_blocks
 
 
 def _blocks(num_tokens: int, block_size: int) -> int:

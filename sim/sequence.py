@@ -50,6 +50,8 @@ class SimSequence:
     # step boundary (the copy has caught up).
     migration: object | None = None
     stopping: bool = False
+    # Preempted with its KV offloaded to host memory: readmitted by loading it back.
+    offloaded: bool = False
 
     @classmethod
     def fresh(cls, record: RequestRecord) -> SimSequence:
