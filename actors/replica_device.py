@@ -29,7 +29,6 @@ class ReplicaDevice:
         self._meter_s = meter_s
         self.energy_j = 0.0
         self._meter: asyncio.Task | None = None
-        metrics.clock_control.set(1.0 if backend.controllable else 0.0, tags=metrics.tags)
         logger.info("device %s: clocks %s", backend.backend,
                     "controlled" if backend.controllable else f"observed only ({backend.observe_only_reason})")
 
@@ -71,5 +70,5 @@ class ReplicaDevice:
             utilization = min(1.0, (busy - last_busy) / max(now - last_at, 1e-9))
             sample = self.backend.sample(now - last_at, utilization)
             self.energy_j += sample.joules
-            self._metrics.record(sample.clock_mhz, sample.power_w, sample.joules, utilization)
+            self._metrics.record(sample.clock_mhz, sample.power_w, sample.joules, utilization, self.backend.controllable)
             last_at, last_busy = now, busy

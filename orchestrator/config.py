@@ -137,6 +137,8 @@ class ControllerSettings(_Frozen):
     tick_s: float = Field(0.5, gt=0)
     health_timeout_s: float = Field(10.0, gt=0, description="a replica silent this long is dead")
     start_timeout_s: float = Field(600.0, gt=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources of the controller actor (to pin it, e.g. to the head)")
 
 
 class ServeSettings(_Frozen):
@@ -154,6 +156,8 @@ class ServeSettings(_Frozen):
     )
     route_prefix: str = "/"
     num_ingress_replicas: int = Field(1, ge=1)
+    ingress_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources of each ingress replica (to pin the front door)")
     api_keys: tuple[str, ...] = Field((), description="accepted Bearer tokens; empty means no authentication")
     max_queued_requests: int | None = Field(
         None, gt=0, description="requests in flight beyond this are refused with 503 and Retry-After"

@@ -17,6 +17,7 @@ REPLICA_TAGS = ("cluster", "replica", "pool", "role")
 class ControllerMetrics:
     def __init__(self, cluster: str):
         self._cluster = {"cluster": cluster}
+        self._last_durations: dict[tuple[str, str], float] = {}
         self.actions = metrics.Counter(
             "tide_controller_actions", "Controller actions by kind, reason and outcome.",
             tag_keys=("cluster", "kind", "reason", "outcome", "pool"))
@@ -62,6 +63,7 @@ class ControllerMetrics:
                                   "outcome": outcome, "pool": event.pool})
         tags = {**self._cluster, "kind": event.kind.value, "pool": event.pool}
         self.action_duration.observe(event.duration_s, tags=tags)
+        self._last_durations[(event.kind.value, event.pool)] = event.duration_s
         self.last_action_duration.set(event.duration_s, tags=tags)
 
     def record_pool_clocks(self, clocks: dict[str, int]) -> None:
@@ -70,6 +72,9 @@ class ControllerMetrics:
 
     def record_tick(self, seconds: float, failed: bool) -> None:
         self.tick_duration.observe(seconds, tags=self._cluster)
+        # Ray drops a gauge nobody sets for two export intervals: re-set the rare ones.
+        for (kind, pool), duration in self._last_durations.items():
+            self.last_action_duration.set(duration, tags={**self._cluster, "kind": kind, "pool": pool})
         if failed:
             self.tick_errors.inc(1, tags=self._cluster)
 

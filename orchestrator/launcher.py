@@ -65,7 +65,7 @@ def connect(address: str | None, cluster: str) -> None:
 def launch_controller(config: ClusterConfig, detached: bool) -> ActorHandle:
     model_path = resolve_model(config.engine.model)
     options = {"name": controller_name(config.name), "namespace": config.name, "get_if_exists": True, "max_restarts": -1,
-               "max_concurrency": 1000, "num_cpus": 0}
+               "max_concurrency": 1000, "num_cpus": 0, "resources": dict(config.controller.resources) or None}
     if detached:
         options["lifetime"] = "detached"
     return ray.remote(ControllerActor).options(**options).remote(config, model_path)

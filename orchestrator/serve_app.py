@@ -59,7 +59,8 @@ def application(config: ClusterConfig, model_path: str, num_ingress_apps: int = 
         name=INGRESS_NAME,
         num_replicas=config.serve.num_ingress_replicas,
         max_ongoing_requests=MAX_ONGOING_REQUESTS_PER_INGRESS,
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": ray_serve_env(config.serve, num_ingress_apps)}},
+        ray_actor_options={"num_cpus": 0, "resources": dict(config.serve.ingress_resources),
+                           "runtime_env": {"env_vars": ray_serve_env(config.serve, num_ingress_apps)}},
     ).bind(config, model_path)
 
 

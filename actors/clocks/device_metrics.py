@@ -22,8 +22,9 @@ class DeviceMetrics:
             "tide_device_clock_control", "1: Tide sets the device's clock; 0: observed only (the platform "
             "refused clock control).", tag_keys=TAGS)
 
-    def record(self, clock_mhz: float, power_w: float, joules: float, utilization: float) -> None:
+    def record(self, clock_mhz: float, power_w: float, joules: float, utilization: float, controllable: bool) -> None:
         self.clock.set(clock_mhz, tags=self.tags)
+        self.clock_control.set(1.0 if controllable else 0.0, tags=self.tags)
         self.power.set(power_w, tags=self.tags)
         self.utilization.set(utilization, tags=self.tags)
         if joules > 0:

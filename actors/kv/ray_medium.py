@@ -32,7 +32,10 @@ class RayObjectStoreMedium(TransferMedium):
     def publish(self, staged: StagedExport) -> KVHandle:
         path = Path(staged.path)
         num_bytes = validated_size(path)
-        payload = np.fromfile(path, dtype=np.uint8)
+        try:
+            payload = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            raise TransferError(f"staged KV {path} vanished before it was published: {exc}") from exc
         object_ref = ray.put(payload)
         path.unlink(missing_ok=True)
         return self._handle(staged, num_bytes, object_ref=object_ref)
@@ -44,9 +47,12 @@ class RayObjectStoreMedium(TransferMedium):
             raise TransferError(f"KV object from replica {handle.source_replica} is unavailable: {exc}") from exc
         path = staged_kv_path(self.staging_dir, self.replica_id)
         tmp_path = path.with_name(path.name + ".partial")
-        with open(tmp_path, "wb") as f:
-            f.write(memoryview(payload))
-        os.replace(tmp_path, path)
+        try:
+            with open(tmp_path, "wb") as f:
+                f.write(memoryview(payload))
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise TransferError(f"KV from replica {handle.source_replica} could not be staged: {exc}") from exc
         validated_size(path)
         return path
 
