@@ -234,7 +234,7 @@ async def main_async(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
-    parser.add_argument("--rate", type=float, default=2.0, help="steady Poisson arrivals per second")
+    parser.add_argument("--rate", type=float, default=1.5, help="steady Poisson arrivals per second")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--ray-port", type=int, default=6399)
     parser.add_argument("--port", type=int, default=8351)
