@@ -86,6 +86,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"\ncluster {config.name!r} is up; `tide status` shows it, `tide down` stops it", flush=True)
         return 0
     print("\nserving; Ctrl-C stops the cluster", flush=True)
+    # Also when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import httpx
 import ray
+from ray import serve
+from ray._common.utils import import_attr
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
 from actors.kv.medium import MediumKind
 from orchestrator.config import (
@@ -36,10 +39,11 @@ from orchestrator.config import (
     PoolConfig,
     ServeSettings,
 )
-from orchestrator.launcher import launch_controller
+from orchestrator.launcher import find_controller
 from orchestrator.models import resolve_model
 from orchestrator.prometheus_runner import PrometheusSettings, ray_metrics_targets, running_prometheus
-from orchestrator.serve_app import deploy
+from orchestrator.serve_app import endpoint_url
+from orchestrator.serve_ingress_env import ray_serve_env
 from policies.snapshot import Role
 from tests.chaos import faults
 from tests.chaos.faults import ask
@@ -51,6 +55,8 @@ CLUSTER = "tidechaos"
 # Replacing a replica starts an engine (~20-40 s here); the controller comes back at once.
 RECOVERY_BOUND_S = {"replica": 120.0, "controller": 30.0, "node": 120.0, "none": 30.0}
 CONTROL = {"tide_control": 0.01}
+# The import path of k8s/overlays/*/rayservice.yaml's serveConfigV2.
+IMPORT_PATH = "orchestrator.serve_app:app_builder"
 
 
 @dataclass
@@ -72,8 +78,22 @@ def cluster_config(port: int, proxy_port: int) -> ClusterConfig:
         pools=(PoolConfig(name="prefill", role=Role.PREFILL, num_replicas=1, resources={"tide_prefill": 1}),
                PoolConfig(name="decode", role=Role.DECODE, num_replicas=2, resources={"tide_decode": 1})),
         controller=ControllerSettings(tick_s=0.25, health_timeout_s=5.0, start_timeout_s=600.0, resources=CONTROL),
-        serve=ServeSettings(port=port, proxy_port=proxy_port, ingress_resources=CONTROL, max_replays=3),
+        serve=ServeSettings(port=port, proxy_port=proxy_port, direct_ingress=False, ingress_resources=CONTROL,
+                            max_replays=3),
     )
+
+
+def deploy_from_import_path(config: ClusterConfig) -> str:
+    """What KubeRay's `serveConfigV2` does: Serve imports `IMPORT_PATH` and calls it with
+    the config's `args` (Ray Serve's own builder call); the builder starts the controller.
+    Serve's HTTP proxy is the front door (`serve.direct_ingress: false`, as on KubeRay)."""
+    settings = config.serve
+    serve.start(http_options={"host": settings.host, "port": settings.port},
+                controller_options={"runtime_env": {"env_vars": ray_serve_env(settings)}})
+    app = call_user_app_builder_with_args_if_necessary(import_attr(IMPORT_PATH),
+                                                      {"config": config.model_dump(mode="json")})
+    serve.run(app, name=CLUSTER, route_prefix=settings.route_prefix, blocking=False)
+    return endpoint_url(config)
 
 
 async def wait_recovered(controller, started: float, timeout_s: float, gone: frozenset[str],
@@ -202,10 +222,10 @@ async def main_async(args) -> dict:
         e = config.engine
         oracle = ray.remote(PlainEngine).options(num_cpus=0, resources=CONTROL).remote(
             model, e.dtype, e.block_size, e.max_model_len, e.kv_cache_bytes)
-        controller = launch_controller(config, detached=False)
-        print("starting engines (prefill, 2 decode, oracle)", flush=True)
+        print("starting engines (prefill, 2 decode, oracle) through the Serve config's import path", flush=True)
+        url = deploy_from_import_path(config)
+        controller = find_controller(CLUSTER)
         await asyncio.gather(oracle.start.remote(), controller.start.remote())
-        url = deploy(config, model)
         print(f"front door at {url}", flush=True)
         staging = Path(config.kv.shm_dir) / CLUSTER
         with running_prometheus(ray_metrics_targets(), PrometheusSettings(port=args.prometheus_port,
