@@ -24,7 +24,7 @@ from tests.integration.helpers import greedy_request, prompt_of
 pytestmark = pytest.mark.engine
 
 MAX_MHZ, MIN_MHZ = 1410, 210
-TPOT_TARGET_S = 0.04
+TPOT_TARGET_S = 0.026
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ class ClosedLoop:
         while True:
             self._seed += 1
             arrivals, tokens = [], 0
-            async for delta in self._client.generate(greedy_request(prompt_of(100, self._seed), max_tokens=64)):
+            async for delta in self._client.generate(greedy_request(prompt_of(300, self._seed), max_tokens=64)):
                 if delta.token_ids:
                     arrivals.append(time.perf_counter())
                     tokens += len(delta.token_ids)
