@@ -3,7 +3,10 @@
 
 It moves a request's KV blocks, keyed by layer name, between an engine's paged cache and a
 staged KV file (see `layout.py`). What crosses replicas is that file, carried by a transfer
-medium (`medium.py`); the connector itself only stages and loads.
+medium (`medium.py`); the connector itself only stages and loads. It also carries the
+emulated device clock (`actors/clocks/step_stretch.py`): with `emulated_clock` in its extra
+config, the worker side stretches each forward pass by the clock's modeled slowdown (the
+connector is the one hook vLLM calls around every forward pass in the worker process).
 
 Requests opt in through `kv_transfer_params`:
 - `{"tide_export": {"dir", "owner"}}` on the exporting engine (both optional): when the request's prompt has been
