@@ -4,14 +4,17 @@ request.
 Pre-copy: while the request keeps decoding here, each stage exports the request's full
 blocks (its prompt plus the tokens so far; they sit in this engine's prefix cache, so the
 export computes only the partial tail) and the destination imports them into its own
-prefix cache (`ReplicaActor.warm`). Stages repeat until at most `last_stage_blocks`
-full blocks are not yet copied or `max_stages - 1` stages have run. Then the request is
-stopped (an engine abort; the token of the step in flight is dropped, not waited for) and
-the subscriber gets a `MigrationNotice`: continue on the destination with prompt +
-streamed tokens. If the stages left at most
-`last_stage_blocks` uncopied, the destination recomputes those from its prefix cache (no
-export: it would cost the source an engine step); otherwise a last export covers the rest
-(the destination loads only the blocks its prefix cache lacks).
+prefix cache (`ReplicaActor.warm`). The first stages copy what is there; the last one
+waits until the request has just filled a block, so that at the stop only the few tokens
+decoded since that block boundary are left uncopied (the destination recomputes them: a
+partial block cannot be copied without an engine step). Stages end early once at most
+`last_stage_blocks` full blocks are uncopied and the partial block is short. Then the
+request is stopped (an engine abort; the token of the step in flight is dropped, not
+waited for) and the subscriber gets a `MigrationNotice`: continue on the destination with
+prompt + streamed tokens. If the stages left at most `last_stage_blocks` full blocks
+uncopied, the destination recomputes those and the partial block from its prefix cache
+(no export: it would cost the source an engine step); otherwise a last export covers the
+rest (the destination loads only the blocks its prefix cache lacks).
 Stop-and-copy skips the stages; recompute sends no KV.
 
 Failure rules: a destination that fails before the stop leaves the request running here
@@ -39,6 +42,8 @@ class RunningRequest:
     request: TokenRequest
     outbox: Outbox
     produced: list[int] = field(default_factory=list)
+    # Set on every new token; a pre-copy stage that waits for a block boundary clears it.
+    progressed: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when the request stops here and continues on another replica; what the engine
     # produces after that is dropped.
     handover: MigrationTarget | None = None
@@ -91,11 +96,15 @@ async def pre_copy(
     destination). `export(tokens) -> KVHandle | None` stages
     KV on this replica; `warm_destination(handle, tokens)` imports it on the destination."""
     copied, per_stage, num_bytes = 0, [], 0
-    for _ in range(settings.max_stages - 1):
-        tokens = running.token_ids
-        remaining = blocks_of(len(tokens), block_size) - copied
-        if remaining <= settings.last_stage_blocks or running.ended.done() or not running.produced:
+    num_stages = settings.max_stages - 1
+    for stage in range(num_stages):
+        if running.ended.done() or not running.produced:
             break
+        if _short_tail(running, block_size, copied, settings):
+            break
+        if stage == num_stages - 1 and not await _reach_block_boundary(running, block_size, settings):
+            break
+        tokens = running.token_ids
         handle: KVHandle | None = await export(tokens)
         if handle is None:
             break
@@ -105,3 +114,24 @@ async def pre_copy(
         copied = handle.num_blocks
     return per_stage, num_bytes
 
+
+def _short_tail(running: RunningRequest, block_size: int, copied: int, settings: MigrationSettingsSpec) -> bool:
+    """True when what is left for the destination to recompute is already small."""
+    num_tokens = len(running.token_ids)
+    uncopied_blocks = blocks_of(num_tokens, block_size) - copied
+    return copied > 0 and uncopied_blocks <= settings.last_stage_blocks and (
+        num_tokens % block_size <= settings.boundary_slack_tokens)
+
+
+async def _reach_block_boundary(running: RunningRequest, block_size: int, settings: MigrationSettingsSpec) -> bool:
+    """Waits until the request has just completed a block (at most `boundary_slack_tokens`
+    into the next one). False when the request ended first."""
+    while len(running.token_ids) % block_size > settings.boundary_slack_tokens:
+        running.progressed.clear()
+        ended = running.ended
+        waiter = asyncio.ensure_future(running.progressed.wait())
+        await asyncio.wait({waiter, ended}, timeout=settings.stage_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if ended.done() or not running.progressed.is_set():
+            return False
+    return True

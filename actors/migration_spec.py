@@ -8,10 +8,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MigrationSettingsSpec:
     max_stages: int = 3
-    # Pre-copy stages repeat until at most this many full blocks are left uncopied; at the
-    # stop the destination recomputes those instead of receiving them, because staging
-    # them would cost the stopped request an engine step on the source (Llumnix copies up
-    # to 16 blocks in its last stage; its copies need no engine step).
-    last_stage_blocks: int = 2
+    # Pre-copy stages end once at most this many full blocks are left uncopied (and the
+    # partial block is short); at the stop the destination recomputes those instead of
+    # receiving them, because staging them would cost the stopped request an engine step
+    # on the source (Llumnix copies up to 16 blocks in its last stage; its copies need no
+    # engine step).
+    last_stage_blocks: int = 0
+    # The last pre-copy stage starts once the request is at most this many tokens past a
+    # block boundary, so the stop leaves little to recompute.
+    boundary_slack_tokens: int = 2
     # A stage, or the destination's liveness check, slower than this fails the migration.
     stage_timeout_s: float = 30.0

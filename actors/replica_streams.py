@@ -70,6 +70,7 @@ class ChannelStreams:
                 if running.handover is not None:
                     continue  # handed over: the destination computes from here
                 running.produced += delta.token_ids
+                running.progressed.set()
                 outbox.put(delta)
                 if delta.finished:
                     running.ended.set_result("request_finished")

@@ -53,7 +53,7 @@ async def _holder(actors: dict, request_id: str) -> str:
 
 async def _one(client: TokenClient, actors: dict, mode: str, context: int, after: int, rng: random.Random) -> dict:
     prompt = [rng.randrange(10, 2000) for _ in range(context - after)]
-    request = TokenRequest(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=after + 48, temperature=0.0,
+    request = TokenRequest(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=after + 128, temperature=0.0,
                                                                      ignore_eos=True))
     downtimes: list[float] = []
     client.on_migration = lambda _mode, seconds: downtimes.append(seconds)

@@ -76,8 +76,10 @@ class MigrationConfig(_Frozen):
     max_per_tick: int = Field(2, ge=0)
     cooldown_s: float = Field(10.0, ge=0, description="no move back along a pair within this time")
     max_stages: int = Field(3, ge=1, description="pre-copy stages, the stop stage included (Llumnix: 3)")
-    last_stage_blocks: int = Field(2, ge=0, description="stop when at most this many blocks are left to copy; "
+    last_stage_blocks: int = Field(0, ge=0, description="stop when at most this many full blocks are left to copy; "
                                    "the destination recomputes them")
+    boundary_slack_tokens: int = Field(2, ge=0, description="the last pre-copy stage starts at most this many tokens "
+                                       "past a block boundary, so the stop leaves little to recompute")
     stage_timeout_s: float = Field(30.0, gt=0)
 
     def policy_settings(self) -> MigrationSettings:
@@ -85,7 +87,8 @@ class MigrationConfig(_Frozen):
                                  self.cooldown_s)
 
     def mechanism_settings(self) -> MigrationSettingsSpec:
-        return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.stage_timeout_s)
+        return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.boundary_slack_tokens,
+                                     self.stage_timeout_s)
 
 
 class ClockSettings(_Frozen):
