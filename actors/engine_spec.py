@@ -55,6 +55,10 @@ class EngineSpec:
     clock_backend: ClockBackendKind = ClockBackendKind.AUTO
     # Latencies the replica reports (P90 TTFT and inter-token) cover this many seconds.
     latency_window_s: float = 10.0
+    # > 1: a pipeline replica (a dropped group of that many members, each stage holding a
+    # contiguous slice of the layers; see actors/pipeline_stage.py). kv_cache_bytes is
+    # then per stage.
+    pipeline_stages: int = 1
 
     def staging_dir_for(self, medium: MediumKind) -> Path:
         return Path(self.disk_dir if medium == MediumKind.DISK else self.shm_dir)
@@ -79,8 +83,17 @@ class EngineSpec:
             enable_prefix_caching=self.enable_prefix_caching,
             enforce_eager=self.enforce_eager,
             seed=self.seed,
-            kv_transfer_config=KVTransferConfig(**self._kv_transfer_fields(emulated_clock_file)),
+            worker_extension_cls="actors.pipeline_stage.PipelineStageExtension",
+            **self._parallel_fields(),
+            # Tide's connector stages one worker's KV; a pipeline replica has one per stage.
+            kv_transfer_config=(KVTransferConfig(**self._kv_transfer_fields(emulated_clock_file))
+                                if self.pipeline_stages == 1 else None),
         )
+
+    def _parallel_fields(self) -> dict:
+        if self.pipeline_stages == 1:
+            return {}
+        return {"pipeline_parallel_size": self.pipeline_stages, "distributed_executor_backend": "mp"}
 
     def _kv_transfer_fields(self, emulated_clock_file: Path | None) -> dict:
         if self.medium == MediumKind.NIXL:

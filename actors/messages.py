@@ -85,3 +85,5 @@ class ReplicaInfo:
     # False: the platform refused clock control; the device is observed only.
     clock_control: bool = True
     supported_clocks_mhz: tuple[int, ...] = ()
+    # > 1: the engine is a pipeline standing for that many replicas (parameter dropping).
+    pipeline_stages: int = 1

@@ -75,6 +75,8 @@ class ReplicaActor(ChannelStreams):
             self.spec.engine_args(clock_file),
             stat_loggers=[self._load.stat_logger_factory(), engine_stat_logger(self._identity)],
         )
+        if self.spec.pipeline_stages > 1:
+            await self._engine.collective_rpc("prepare_stage")
         self._transfer_metrics = TransferMetrics(self._identity)
         self._migration_metrics = MigrationMetrics(self._identity)
         node_id = ray.get_runtime_context().get_node_id()
@@ -88,6 +90,7 @@ class ReplicaActor(ChannelStreams):
             block_size=self.spec.block_size, max_model_len=self._engine.model_config.max_model_len,
             clock_backend=self._device.backend.backend, clock_control=self._device.backend.controllable,
             supported_clocks_mhz=self._device.backend.supported_clocks_mhz,
+            pipeline_stages=self.spec.pipeline_stages,
         )
         self._janitor = asyncio.create_task(self._sweep_staged_kv_forever())
         self._device.start_metering()
@@ -146,8 +149,13 @@ class ReplicaActor(ChannelStreams):
             clock_mhz=self._device.clock_mhz if self._device else 0,
             ttft_p90_s=ttft.p90_s, num_ttft_samples=ttft.num_samples,
             itl_p90_s=itl.p90_s, num_itl_samples=itl.num_samples,
-            observed_at_s=time.time(),
+            num_members=self.spec.pipeline_stages, observed_at_s=time.time(),
         )
+
+    async def stage_memory(self) -> list[dict[str, int]]:
+        """Per pipeline stage (one for an ordinary replica): weight and KV bytes held, and
+        the stage's process id."""
+        return await self._require_engine().collective_rpc("stage_memory")
 
     def connector_totals(self) -> dict[str, float]:
         """Cumulative copies between the engine's cache and staged KV (see connector_stats)."""

@@ -61,7 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     def progress(snapshot) -> None:
         nonlocal last_line
-        line = "  " + "  ".join(f"{p.name} {len(p.serving)}/{p.target_size}" for p in snapshot.pools) if snapshot.pools else "  starting controller"
+        line = "  " + "  ".join(f"{p.name} {p.num_serving_members}/{p.target_size}" for p in snapshot.pools) if snapshot.pools else "  starting controller"
         if line != last_line:
             print(f"{line}   ({time.strftime('%H:%M:%S')})", flush=True)
             last_line = line

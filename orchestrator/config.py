@@ -12,6 +12,8 @@ from actors.clocks.backend import ClockBackendKind
 from actors.engine_spec import EngineSpec, TransferFailurePolicy
 from actors.kv.medium import MediumKind
 from actors.migration_spec import MigrationSettingsSpec
+from orchestrator.replica_memory import ReplicaMemory, measure_replica_memory
+from policies.burst import BurstSettings
 from policies.dvfs import ClockMode, ClockPolicySettings, LatencyMetric, SloTargets
 from policies.migration import MigrationMode, MigrationSettings
 from policies.routing import DataPath, RoutingPolicyKind
@@ -89,6 +91,37 @@ class MigrationConfig(_Frozen):
     def mechanism_settings(self) -> MigrationSettingsSpec:
         return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.boundary_slack_tokens,
                                      self.stage_timeout_s)
+
+
+class ParameterDropConfig(_Frozen):
+    """Parameter dropping for memory bursts (KunServe; policies/burst.py decides,
+    docs/parameter_dropping.md). A dropped group of replicas is replaced by one vLLM
+    pipeline-parallel engine over their devices, each member holding 1/g of the layers;
+    the freed weight memory becomes KV blocks. Colocated pools only. Off by default."""
+
+    enabled: bool = False
+    replica_memory_bytes: int | None = Field(
+        None, gt=0, description="device memory per replica for weights + KV cache; each replica's KV cache is what "
+        "the weights leave of it (engine.kv_cache_bytes is then not used). Required when enabled")
+    drop_usage: float = Field(0.95, gt=0, le=1, description="a replica votes to drop at this KV usage or more when "
+                              "its waiting requests need at least its free blocks")
+    restore_usage: float = Field(0.5, gt=0, le=1, description="a group restores once its blocks in use fit the "
+                                 "restored members at this usage, falling, with nothing waiting")
+    min_vote_share: float = Field(0.5, gt=0, le=1, description="a group drops when at least this share of its "
+                                  "members vote")
+    max_group_size: int = Field(2, ge=2)
+    min_dropped_s: float = Field(10.0, ge=0, description="a group serves dropped at least this long before the "
+                                 "policy restores it")
+
+    @model_validator(mode="after")
+    def _budget_when_enabled(self) -> ParameterDropConfig:
+        if self.enabled and self.replica_memory_bytes is None:
+            raise ValueError("parameter_drop.enabled needs parameter_drop.replica_memory_bytes")
+        return self
+
+    def settings(self) -> BurstSettings:
+        return BurstSettings(self.drop_usage, self.restore_usage, self.min_vote_share, self.max_group_size,
+                             roles=(Role.COLOCATED,), min_dropped_s=self.min_dropped_s)
 
 
 class ClockSettings(_Frozen):
@@ -187,6 +220,7 @@ class ClusterConfig(_Frozen):
     serve: ServeSettings = ServeSettings()
     clocks: ClockSettings = ClockSettings()
     migration: MigrationConfig = MigrationConfig()
+    parameter_drop: ParameterDropConfig = ParameterDropConfig()
 
     @model_validator(mode="after")
     def _pools_serve(self) -> ClusterConfig:
@@ -214,11 +248,19 @@ class ClusterConfig(_Frozen):
         that outnumber the cores spin against each other."""
         return max(1, (os.cpu_count() or 1) // max(1, sum(p.num_replicas for p in self.pools)))
 
+    def replica_memory(self, model_path: str) -> ReplicaMemory | None:
+        budget = self.parameter_drop.replica_memory_bytes
+        if budget is None:
+            return None
+        return measure_replica_memory(model_path, budget, self.engine.block_size, self.engine.dtype)
+
     def engine_spec(self, model_path: str) -> EngineSpec:
         e = self.engine
+        memory = self.replica_memory(model_path)
         return EngineSpec(
             model=model_path, served_model_name=e.served_model_name, dtype=e.dtype, block_size=e.block_size,
-            max_model_len=e.max_model_len, kv_cache_bytes=e.kv_cache_bytes, max_num_seqs=e.max_num_seqs,
+            max_model_len=e.max_model_len, kv_cache_bytes=memory.kv_bytes() if memory else e.kv_cache_bytes,
+            max_num_seqs=e.max_num_seqs,
             max_num_batched_tokens=e.max_num_batched_tokens, enable_prefix_caching=e.enable_prefix_caching,
             enforce_eager=e.enforce_eager, seed=e.seed, medium=self.kv.medium, shm_dir=f"{self.kv.shm_dir}/{self.name}",
             disk_dir=f"{self.kv.disk_dir}/{self.name}", on_transfer_failure=self.kv.on_failure,

@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 import ray
 from ray.actor import ActorHandle
 
+from actors.engine_spec import EngineSpec
 from actors.messages import ReplicaInfo
 from orchestrator.config import ClockMode, ClusterConfig
 from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
+from orchestrator.parameter_drop import ParameterDropping
 from orchestrator.pool_clocks import PoolClocks
 from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
+from policies.burst import DropParameters, RestoreParameters
 from policies.dvfs import SetPoolClock
 from policies.migration import MigrateRequests, MigrationHistory, decide_migrations
 from policies.repair import InFlight, decide_repairs
@@ -53,9 +56,11 @@ class _Managed:
     last: ReplicaSnapshot | None = None
     last_ok_at_s: float = 0.0
     dead_reason: str | None = None
+    # > 1: a pipeline replica standing for that many members (parameter dropping).
+    num_members: int = 1
 
 
-class ControllerActor:
+class ControllerActor(ParameterDropping):
     def __init__(self, config: ClusterConfig, model_path: str):
         self.config = config
         self.spec = config.engine_spec(model_path)
@@ -75,6 +80,7 @@ class ControllerActor:
         self._clocks = PoolClocks(clocks.mode, clocks.fixed_clock_mhz, clocks.policy_settings(), config.slo.targets(),
                                   [p.name for p in config.pools])
         self._setting_clock: set[ReplicaId] = set()
+        self._init_drops()
         self.num_ticks = 0
         self.num_tick_errors = 0
         self.last_tick_s = 0.0
@@ -177,6 +183,8 @@ class ControllerActor:
             for action in decide_migrations(self._snapshot, history, migration.policy_settings(), time.time(),
                                             migration.mode):
                 self._act(action)
+        for action in self._decide_drops():
+            self._act(action)
         self._steer_clocks()
 
     def _steer_clocks(self) -> None:
@@ -220,10 +228,11 @@ class ControllerActor:
     def _replica_view(self, replica_id: ReplicaId, managed: _Managed) -> ReplicaSnapshot:
         role = self.config.pool(managed.pool).role
         if managed.dead_reason is not None:
-            base = managed.last or ReplicaSnapshot(replica_id, managed.pool, role, Health.DEAD)
+            base = managed.last or ReplicaSnapshot(replica_id, managed.pool, role, Health.DEAD,
+                                                   num_members=managed.num_members)
             return dataclasses.replace(base, health=Health.DEAD, health_reason=managed.dead_reason)
         if managed.last is None:
-            return ReplicaSnapshot(replica_id, managed.pool, role, Health.STARTING)
+            return ReplicaSnapshot(replica_id, managed.pool, role, Health.STARTING, num_members=managed.num_members)
         return managed.last
 
     # ---- acting ----
@@ -240,6 +249,8 @@ class ControllerActor:
             self._clocks.apply(action, self._snapshot.taken_at_s)
             self._record(ActionKind.CLOCK, action.reason, "", action.pool, time.perf_counter(),
                          outcome=f"ok: {action.clock_mhz} MHz")
+        elif isinstance(action, (DropParameters, RestoreParameters)):
+            self._act_on_drop(action)
         elif isinstance(action, MigrateRequests):
             pair = (action.source, action.destination)
             self._migrating.add(pair)
@@ -259,23 +270,31 @@ class ControllerActor:
         self._starting[pool] -= 1
 
     async def _start_replica(self, pool_name: str, reason: str) -> ReplicaId | None:
+        replica_id = self._new_replica(pool_name, self.spec)
+        return replica_id if await self._bring_up(replica_id, reason) else None
+
+    def _new_replica(self, pool_name: str, spec: EngineSpec) -> ReplicaId:
+        """Creates the replica's actor and counts it in its pool (starting) at once."""
         pool = self.config.pool(pool_name)
         replica_id = ReplicaId(f"{pool_name}-{self._next_index[pool_name]}")
         self._next_index[pool_name] += 1
+        handle = ReplicaHandle.create(self.config.name, replica_id, pool, spec)
+        self._replicas[replica_id] = _Managed(handle=handle, pool=pool_name, num_members=spec.pipeline_stages)
+        return replica_id
+
+    async def _bring_up(self, replica_id: ReplicaId, reason: str) -> bool:
+        managed = self._replicas[replica_id]
         started = time.perf_counter()
-        handle = ReplicaHandle.create(self.config.name, replica_id, pool, self.spec)
-        managed = _Managed(handle=handle, pool=pool_name)
-        self._replicas[replica_id] = managed
         try:
-            managed.info = await handle.start(self.config.controller.start_timeout_s)
+            managed.info = await managed.handle.start(self.config.controller.start_timeout_s)
             managed.last_ok_at_s = time.time()
         except Exception as exc:  # noqa: BLE001 - any start failure is recorded and retried
             self._replicas.pop(replica_id, None)
-            handle.kill()
-            self._record(ActionKind.SCALE, reason, replica_id, pool_name, started, outcome=f"failed: {exc}")
-            return None
-        self._record(ActionKind.SCALE, reason, replica_id, pool_name, started)
-        return replica_id
+            managed.handle.kill()
+            self._record(ActionKind.SCALE, reason, replica_id, managed.pool, started, outcome=f"failed: {exc}")
+            return False
+        self._record(ActionKind.SCALE, reason, replica_id, managed.pool, started)
+        return True
 
     async def _replace_replica(self, action: ReplaceReplica) -> None:
         started = time.perf_counter()
@@ -348,7 +367,10 @@ class ControllerActor:
                 continue
             if info.pool not in self._next_index:
                 continue
-            self._replicas[replica_id] = _Managed(handle=handle, pool=info.pool, info=info, last_ok_at_s=time.time())
+            self._replicas[replica_id] = _Managed(handle=handle, pool=info.pool, info=info, last_ok_at_s=time.time(),
+                                                  num_members=info.pipeline_stages)
+            if info.pipeline_stages > 1:
+                self._adopt_pipeline(replica_id, info.pool, info.pipeline_stages)
             index = int(replica_id.rsplit("-", 1)[-1])
             self._next_index[info.pool] = max(self._next_index[info.pool], index + 1)
             self._record(ActionKind.ADOPT, "controller_start", replica_id, info.pool, time.perf_counter())
@@ -356,7 +378,7 @@ class ControllerActor:
     # ---- status ----
     def _pools_ready(self) -> bool:
         snapshot = self._snapshot
-        return bool(snapshot.pools) and all(len(p.serving) >= p.target_size for p in snapshot.pools)
+        return bool(snapshot.pools) and all(p.num_serving_members >= p.target_size for p in snapshot.pools)
 
     def _pool_summary(self) -> str:
-        return ", ".join(f"{p.name} {len(p.serving)}/{p.target_size}" for p in self._snapshot.pools)
+        return ", ".join(f"{p.name} {p.num_serving_members}/{p.target_size}" for p in self._snapshot.pools)

@@ -13,6 +13,8 @@ class ActionKind(str, Enum):
     ADOPT = "adopt"
     MIGRATE = "migrate"
     CLOCK = "clock"
+    DROP = "drop"
+    RESTORE = "restore"
 
 
 @dataclass(frozen=True)

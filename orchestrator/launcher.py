@@ -83,7 +83,7 @@ def wait_ready(
     while True:
         snapshot: ClusterSnapshot = ray.get(controller.snapshot.remote())
         on_progress(snapshot)
-        if snapshot.pools and all(len(p.serving) >= p.target_size for p in snapshot.pools):
+        if snapshot.pools and all(p.num_serving_members >= p.target_size for p in snapshot.pools):
             return snapshot
         if time.monotonic() > deadline:
             raise TimeoutError(f"cluster not ready after {timeout_s:.0f}s")

@@ -29,15 +29,17 @@ class ReplicaHandle:
     @classmethod
     def create(cls, cluster: str, replica_id: ReplicaId, pool: PoolConfig, spec: EngineSpec) -> ReplicaHandle:
         actor_cls = ray.remote(ReplicaActor)
+        # A pipeline replica holds the devices of the members it stands for.
+        members = spec.pipeline_stages
         # Detached and named: replicas outlive a controller crash, and a restarted
         # controller finds them by name.
         actor = actor_cls.options(
             name=replica_actor_name(cluster, replica_id),
             namespace=cluster,
             lifetime="detached",
-            num_cpus=pool.num_cpus,
-            num_gpus=pool.num_gpus,
-            resources=dict(pool.resources) or None,
+            num_cpus=pool.num_cpus * members,
+            num_gpus=pool.num_gpus * members,
+            resources={k: v * members for k, v in pool.resources.items()} or None,
             max_restarts=0,
             max_concurrency=1000,
         ).remote(replica_id, pool.name, pool.role, spec)

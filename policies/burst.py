@@ -9,6 +9,11 @@ group drops when at least `min_vote_share` of its members vote. A group restores
 every member's usage is at most `restore_usage`, no member's usage rose since the last
 look, and nothing waits.
 
+A group serves either as its members (each a pipeline stage; the simulator) or as one
+pipeline replica standing for them (`serving_as`; the real cluster, where the members'
+engines are replaced by one vLLM pipeline-parallel engine over their devices). Such a
+group restores once what the pipeline holds would fit the members at `restore_usage`.
+
 Plan: a group of g frees weight_blocks x (g - 1) blocks (each member keeps 1/g of the
 weights), so the fewest members that cover the voters' deficit, since each pipeline stage
 costs latency; voters first (most pressed first), then the least loaded peers; no replica
@@ -28,6 +33,9 @@ class BurstSettings:
     restore_usage: float = 0.50
     min_vote_share: float = 0.5
     max_group_size: int = 4
+    # A group serves dropped at least this long before it may restore (a pipeline that
+    # has just started has not yet taken its members' requests back).
+    min_dropped_s: float = 0.0
     # Roles whose pools hold KV long enough to run out (prefill replicas hand it off).
     roles: tuple[Role, ...] = (Role.DECODE, Role.COLOCATED)
 
@@ -38,6 +46,12 @@ class DroppedGroup:
     # In pipeline order: member i holds layers [i L / g, (i + 1) L / g).
     members: tuple[ReplicaId, ...]
     since_s: float
+    # The pipeline replica the group serves as ("" while the members serve as stages),
+    # and the blocks the members hold once restored.
+    serving_as: ReplicaId = ReplicaId("")
+    restored_blocks: int = 0
+    # Dropped by an operator: restored by one too, never by the policy.
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,8 +101,16 @@ def decide_burst(snapshot: ClusterSnapshot, state: BurstState, weight_blocks: di
     """`weight_blocks[pool]`: the KV blocks one replica's full weights would hold."""
     actions: list[DropParameters | RestoreParameters] = []
     previous = dict(state.previous_usage)
-    grouped = {m for g in state.groups for m in g.members}
+    grouped = {m for g in state.groups for m in (*g.members, g.serving_as)}
     for group in state.groups:
+        if group.pinned:
+            continue
+        if group.serving_as:
+            if snapshot.taken_at_s - group.since_s < settings.min_dropped_s:
+                continue
+            if _pipeline_may_restore(snapshot.replica(group.serving_as), group, previous, settings):
+                actions.append(RestoreParameters(group.pool, group.members))
+            continue
         members = [snapshot.replica(m) for m in group.members]
         if any(m is None or not m.accepts_requests for m in members):
             continue  # a member died or drains: the group's failover, not a restore decision
@@ -98,7 +120,7 @@ def decide_burst(snapshot: ClusterSnapshot, state: BurstState, weight_blocks: di
     for pool in snapshot.pools:
         if pool.role not in settings.roles or weight_blocks.get(pool.name, 0) <= 0:
             continue
-        free = [r for r in pool.serving if r.replica_id not in grouped]
+        free = [r for r in pool.serving if r.replica_id not in grouped and r.num_members == 1]
         voters = sorted((r for r in free if votes_to_drop(r, settings)), key=lambda r: -deficit_blocks(r))
         peers = sorted((r for r in free if not votes_to_drop(r, settings)), key=lambda r: r.kv_usage_frac)
         while voters and len(voters) + len(peers) >= 2:
@@ -113,3 +135,13 @@ def decide_burst(snapshot: ClusterSnapshot, state: BurstState, weight_blocks: di
             actions.append(DropParameters(pool.name, members, weight_blocks[pool.name] * (len(members) - 1)))
             voters, peers = voters[size:], peers[len(chosen_peers):]
     return actions
+
+
+def _pipeline_may_restore(pipeline: ReplicaSnapshot | None, group: DroppedGroup, previous: dict[ReplicaId, float],
+                          settings: BurstSettings) -> bool:
+    if pipeline is None or not pipeline.accepts_requests:
+        return False  # the pipeline died: the pool's repair brings the members back
+    used = pipeline.num_total_blocks - pipeline.num_free_blocks
+    before = previous.get(pipeline.replica_id)
+    return (used <= settings.restore_usage * group.restored_blocks and pipeline.num_waiting == 0
+            and before is not None and pipeline.kv_usage_frac <= before)

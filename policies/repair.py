@@ -28,12 +28,15 @@ def decide_repairs(snapshot: ClusterSnapshot, in_flight: InFlight) -> list[Actio
             if replica.replica_id not in in_flight.replacing:
                 actions.append(ReplaceReplica(replica.replica_id, pool.name, reason=replica.health_reason or "dead"))
         alive = [r for r in pool.replicas if r.health != Health.DEAD]
-        # Replacements keep the count; what is missing beyond them is started fresh.
-        num_present = len(alive) + len(dead) + in_flight.starting(pool.name)
+        # A pipeline (a dropped group) counts as its members. Replacements keep the count
+        # (a dead pipeline is replaced by one replica; the rest are started fresh).
+        num_alive = sum(r.num_members for r in alive)
+        num_present = num_alive + len(dead) + in_flight.starting(pool.name)
         for _ in range(pool.target_size - num_present):
             actions.append(StartReplica(pool.name, reason="below_target"))
-        if len(alive) > pool.target_size:
-            extras = sorted(alive, key=lambda r: (r.num_running + r.num_waiting, r.replica_id))
-            for replica in extras[: len(alive) - pool.target_size]:
+        if num_alive > pool.target_size:
+            singles = [r for r in alive if r.num_members == 1]
+            extras = sorted(singles, key=lambda r: (r.num_running + r.num_waiting, r.replica_id))
+            for replica in extras[: num_alive - pool.target_size]:
                 actions.append(RemoveReplica(replica.replica_id, pool.name, reason="above_target"))
     return actions

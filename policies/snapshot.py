@@ -49,6 +49,8 @@ class ReplicaSnapshot:
     num_ttft_samples: int = 0
     itl_p90_s: float = 0.0
     num_itl_samples: int = 0
+    # The replicas this one stands for: > 1 for a dropped group serving as one pipeline.
+    num_members: int = 1
     observed_at_s: float = 0.0
 
     @property
@@ -72,6 +74,11 @@ class PoolSnapshot:
     @property
     def serving(self) -> tuple[ReplicaSnapshot, ...]:
         return tuple(r for r in self.replicas if r.accepts_requests)
+
+    @property
+    def num_serving_members(self) -> int:
+        """Serving replicas, a pipeline counted as the members it stands for."""
+        return sum(r.num_members for r in self.serving)
 
 
 @dataclass(frozen=True)

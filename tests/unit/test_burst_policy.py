@@ -3,6 +3,8 @@ deficit, no replica in two groups, restore when pressure is gone."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from policies.burst import (
     BurstSettings,
     BurstState,
@@ -84,3 +86,45 @@ def test_restore_when_usage_is_low_falling_and_nothing_waits():
     assert decide_burst(queued, falling, WEIGHT_BLOCKS, SETTINGS) == []
     dead = cluster(replica("a", free=600), replica("b", free=700, health=Health.DEAD))
     assert decide_burst(dead, falling, WEIGHT_BLOCKS, SETTINGS) == []
+
+
+def pipeline(name: str, free: int, total: int = 2000, waiting: int = 0, members: int = 2,
+             health: Health = Health.HEALTHY) -> ReplicaSnapshot:
+    return ReplicaSnapshot(ReplicaId(name), "decode", Role.DECODE, health, num_total_blocks=total,
+                           num_free_blocks=free, num_waiting=waiting, num_members=members)
+
+
+def test_a_pipeline_restores_once_its_blocks_fit_the_members():
+    # The members hold 2 x 600 blocks restored; at 50 % that is 600 blocks in use.
+    group = DroppedGroup("decode", (ReplicaId("a"), ReplicaId("b")), 0.0, serving_as=ReplicaId("p"),
+                         restored_blocks=1200)
+    state = BurstState((group,), (("p", 0.35),))
+    fits = cluster(pipeline("p", free=1400), replica("c", free=900))
+    assert decide_burst(fits, state, WEIGHT_BLOCKS, SETTINGS) == [RestoreParameters("decode", ("a", "b"))]
+    too_full = cluster(pipeline("p", free=1300), replica("c", free=900))
+    assert decide_burst(too_full, BurstState((group,), (("p", 0.40),)), WEIGHT_BLOCKS, SETTINGS) == []
+    rising = BurstState((group,), (("p", 0.2),))
+    assert decide_burst(fits, rising, WEIGHT_BLOCKS, SETTINGS) == []
+    queued = cluster(pipeline("p", free=1400, waiting=1), replica("c", free=900))
+    assert decide_burst(queued, state, WEIGHT_BLOCKS, SETTINGS) == []
+    dead = cluster(pipeline("p", free=1400, health=Health.DEAD), replica("c", free=900))
+    assert decide_burst(dead, state, WEIGHT_BLOCKS, SETTINGS) == []
+    assert decide_burst(fits, BurstState((group,)), WEIGHT_BLOCKS, SETTINGS) == [], "no earlier look: not falling"
+    held = BurstSettings(min_dropped_s=10.0)
+    assert decide_burst(fits, state, WEIGHT_BLOCKS, held) == [], "dropped 0 s ago"
+    later = dataclasses.replace(fits, taken_at_s=10.0)
+    assert decide_burst(later, state, WEIGHT_BLOCKS, held) == [RestoreParameters("decode", ("a", "b"))]
+    pinned = BurstState((dataclasses.replace(group, pinned=True),), (("p", 0.35),))
+    assert decide_burst(fits, pinned, WEIGHT_BLOCKS, SETTINGS) == [], "dropped by hand: restored by hand"
+
+
+def test_a_pipeline_joins_no_other_group():
+    # The pipeline is full and its queue deep, but it is a group already.
+    group = DroppedGroup("decode", (ReplicaId("a"), ReplicaId("b")), 0.0, serving_as=ReplicaId("p"),
+                         restored_blocks=1200)
+    snap = ClusterSnapshot(1, 0.0, (PoolSnapshot("decode", Role.DECODE, 3, (
+        ReplicaSnapshot(ReplicaId("p"), "decode", Role.DECODE, Health.HEALTHY, num_total_blocks=2000,
+                        num_free_blocks=10, num_waiting=5, num_waiting_blocks=500, num_members=2),
+        replica("c", free=10, waiting_blocks=50))),))
+    assert [a for a in decide_burst(snap, BurstState((group,)), WEIGHT_BLOCKS, SETTINGS)
+            if isinstance(a, DropParameters)] == []

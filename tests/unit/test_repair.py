@@ -41,3 +41,23 @@ def test_starting_replicas_count_towards_the_target():
 def test_extra_replicas_are_removed_least_loaded_first():
     actions = decide_repairs(pool(1, Health.HEALTHY, Health.HEALTHY), InFlight())
     assert actions == [RemoveReplica(ReplicaId("decode-0"), "decode", "above_target")]
+
+
+def with_pipeline(target: int, health: Health, *others: Health) -> ClusterSnapshot:
+    """A pipeline replica standing for 2 members, then single replicas."""
+    replicas = (ReplicaSnapshot(ReplicaId("decode-p"), "decode", Role.DECODE, health, num_members=2),) + tuple(
+        ReplicaSnapshot(ReplicaId(f"decode-{i}"), "decode", Role.DECODE, h) for i, h in enumerate(others))
+    return ClusterSnapshot(1, 0.0, (PoolSnapshot("decode", Role.DECODE, target, replicas),))
+
+
+def test_a_pipeline_counts_as_its_members():
+    assert decide_repairs(with_pipeline(3, Health.HEALTHY, Health.HEALTHY), InFlight()) == []
+    assert decide_repairs(with_pipeline(3, Health.STARTING, Health.HEALTHY), InFlight()) == []
+    # Never removed as an extra: the single replicas go first.
+    assert decide_repairs(with_pipeline(2, Health.HEALTHY, Health.HEALTHY), InFlight()) == [
+        RemoveReplica(ReplicaId("decode-0"), "decode", "above_target")]
+
+
+def test_a_dead_pipeline_is_replaced_and_its_other_members_started():
+    assert decide_repairs(with_pipeline(3, Health.DEAD, Health.HEALTHY), InFlight()) == [
+        ReplaceReplica(ReplicaId("decode-p"), "decode", "dead"), StartReplica("decode", "below_target")]

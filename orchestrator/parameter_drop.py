@@ -1,0 +1,157 @@
+"""The controller's side of parameter dropping (KunServe), a mixin of `ControllerActor`.
+
+Drop: the members stop and one pipeline replica takes their place: a vLLM engine with
+pipeline parallelism over the members' devices (`pipeline_stages` = g), each stage holding
+a contiguous 1/g of the layers and, in what the other layers' weights leave of its memory,
+KV for its layers only, so the group holds weight_blocks x (g - 1) more blocks. Restore:
+the pipeline stops and g replicas start again. The switch is a relaunch: from the members'
+stop to the pipeline's first step the group serves nothing (its running requests replay
+on the new engine through the front door), and the same holds for a restore. Both
+durations are controller events (kind drop / restore) and metrics.
+
+A pipeline that dies (any stage's process) is replaced like any dead replica; its group is
+forgotten, and the pool's repair starts the other members again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+from orchestrator.dropped_groups import DroppedGroups
+from orchestrator.events import ActionKind
+from policies.burst import DroppedGroup, DropParameters, RestoreParameters, decide_burst
+from policies.snapshot import ReplicaId
+
+
+class ParameterDropping:
+    def _init_drops(self) -> None:
+        self._drops = DroppedGroups()
+        self._memory = self.config.replica_memory(self.spec.model)
+
+    # ---- public API ----
+    async def drop_parameters(self, pool: str, members: list[str] | None = None) -> ReplicaId:
+        """Drops a group now (the first two serving replicas of `pool` unless `members`
+        are named); returns the pipeline replica's id once it serves. The group stays
+        dropped until `restore_parameters`."""
+        if members is None:
+            members = [r.replica_id for r in self._snapshot_pool(pool).serving if r.num_members == 1][:2]
+        action = DropParameters(pool, tuple(ReplicaId(m) for m in members), 0, reason="manual")
+        pipeline_id = await self._drop(action)
+        if pipeline_id is None:
+            raise RuntimeError(f"dropping {members} of pool {pool} failed; see the controller's events")
+        return pipeline_id
+
+    async def restore_parameters(self, pipeline_id: str) -> list[ReplicaId]:
+        """Restores the group a pipeline replica stands for; returns the members' new ids."""
+        return await self._restore(ReplicaId(pipeline_id), reason="manual")
+
+    async def dropped_groups(self) -> list[DroppedGroup]:
+        return [g for g in self._drops.state().groups]
+
+    # ---- the tick ----
+    def _decide_drops(self) -> list[DropParameters | RestoreParameters]:
+        self._forget_lost_pipelines()
+        drop = self.config.parameter_drop
+        if not drop.enabled or self._memory is None:
+            self._drops.observed(self._snapshot)
+            return []
+        weight_blocks = {p.name: self._memory.weight_blocks for p in self.config.pools}
+        busy = self._drops.switching
+        snapshot = self._snapshot
+        actions = [a for a in decide_burst(snapshot, self._drops.state(), weight_blocks, drop.settings())
+                   if not busy.intersection(a.members)]
+        self._drops.observed(snapshot)
+        for pool in snapshot.pools:
+            self._metrics.record_dropped_groups(pool.name, self._drops.count(pool.name))
+        return actions
+
+    def _act_on_drop(self, action: DropParameters | RestoreParameters) -> None:
+        if isinstance(action, DropParameters):
+            self._spawn(self._drop(action), lambda: None)
+        else:
+            pipeline_id = self._drops.serving_as(action.members)
+            if pipeline_id is not None:
+                self._spawn(self._restore(pipeline_id, action.reason), lambda: None)
+
+    # ---- acting ----
+    async def _drop(self, action: DropParameters) -> ReplicaId | None:
+        started = time.perf_counter()
+        members = [self._replicas.get(m) for m in action.members]
+        g = len(members)
+        if self._memory is None or g < 2 or any(m is None or m.info is None or m.num_members != 1 for m in members):
+            self._record(ActionKind.DROP, action.reason, ",".join(action.members), action.pool, started,
+                         outcome="failed: members not serving alone, or no replica memory budget configured")
+            return None
+        spec = dataclasses.replace(self.spec, pipeline_stages=g, kv_cache_bytes=self._memory.kv_bytes(g))
+        # One step, no await: the pool never counts fewer members than it has.
+        for member_id in action.members:
+            self._replicas.pop(member_id)
+        pipeline_id = self._new_replica(action.pool, spec)
+        self._drops.switching.update((pipeline_id, *action.members))
+        restored_blocks = g * self._memory.num_blocks(1)
+        self._drops.add(DroppedGroup(action.pool, action.members, time.time(), pipeline_id, restored_blocks,
+                                     pinned=action.reason == "manual"))
+        try:
+            # The members' devices are freed first; their requests replay on the pipeline.
+            await asyncio.gather(*(m.handle.shutdown() for m in members))
+            up = await self._bring_up(pipeline_id, reason=f"drop:{action.reason}")
+        finally:
+            self._drops.switching.difference_update((pipeline_id, *action.members))
+        if not up:
+            self._drops.remove(pipeline_id)
+            self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
+                         outcome="failed: the pipeline did not start; the pool's repair restarts the members")
+            return None
+        # The group's time dropped counts from when the pipeline serves.
+        self._drops.add(dataclasses.replace(self._drops.remove(pipeline_id), since_s=time.time()))
+        gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
+        self._metrics.record_pipeline_blocks(action.pool, pipeline_id, gained)
+        self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
+                     outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks")
+        return pipeline_id
+
+    async def _restore(self, pipeline_id: ReplicaId, reason: str) -> list[ReplicaId]:
+        started = time.perf_counter()
+        group = self._drops.remove(pipeline_id)
+        pipeline = self._replicas.get(pipeline_id)
+        if group is None or pipeline is None:
+            return []
+        member_ids = [self._new_replica(group.pool, self.spec) for _ in group.members]
+        self._replicas.pop(pipeline_id)
+        self._drops.switching.update(member_ids)
+        try:
+            await pipeline.handle.shutdown()
+            up = await asyncio.gather(*(self._bring_up(m, reason=f"restore:{reason}") for m in member_ids))
+        finally:
+            self._drops.switching.difference_update(member_ids)
+        self._metrics.record_pipeline_blocks(group.pool, pipeline_id, None)
+        outcome = "ok" if all(up) else "failed: some members did not start; the pool's repair retries them"
+        self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, started,
+                     outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}")
+        return [m for m, ok in zip(member_ids, up) if ok]
+
+    def _forget_lost_pipelines(self) -> None:
+        """A dead pipeline is replaced by the pool's repair; its group is over."""
+        for pipeline_id in self._drops.pipelines():
+            managed = self._replicas.get(pipeline_id)
+            if pipeline_id in self._drops.switching:
+                continue
+            if managed is None or managed.dead_reason is not None:
+                group = self._drops.remove(pipeline_id)
+                self._metrics.record_pipeline_blocks(group.pool, pipeline_id, None)
+                self._record(ActionKind.RESTORE, f"pipeline_{managed.dead_reason if managed else 'gone'}",
+                             pipeline_id, group.pool, time.perf_counter(), outcome="ok: members restart as replicas")
+
+    def _adopt_pipeline(self, replica_id: ReplicaId, pool: str, stages: int) -> None:
+        """A pipeline found after a controller restart keeps its group."""
+        if self._memory is not None:
+            members = tuple(ReplicaId(f"{replica_id}/{i}") for i in range(stages))
+            self._drops.add(DroppedGroup(pool, members, time.time(), replica_id, stages * self._memory.num_blocks(1)))
+
+    def _snapshot_pool(self, pool: str):
+        for p in self._snapshot.pools:
+            if p.name == pool:
+                return p
+        raise KeyError(pool)

@@ -1,0 +1,164 @@
+"""Parameter dropping on real engines: a group of two colocated replicas becomes one vLLM
+pipeline (each stage half the layers), gains the freed weights as KV blocks, and serves
+every request with the tokens of one plain engine — requests in flight at the drop, during
+the pipeline phase and across the restore; a stage dying loses no request; under a burst
+the controller drops by itself and restores after. Its own cluster, with a replica memory
+budget where the weights are 70 % of it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+import ray
+
+from orchestrator.config import ClusterConfig, ControllerSettings, ParameterDropConfig, PoolConfig
+from orchestrator.controller import ControllerActor
+from orchestrator.events import ActionKind
+from orchestrator.token_client import TokenClient
+from policies.routing import LoadAwareRouter
+from policies.snapshot import Role
+from tests.conftest import TEST_ENGINE
+from tests.integration.helpers import collect, greedy_request, prompt_of, wait_for
+
+pytestmark = pytest.mark.engine
+
+# The tiny model's weights are 4.46 MB: 70 % of this budget (KV: 29 blocks of 32 tokens).
+BUDGET_BYTES = 6_400_000
+POOL = "colocated"
+
+
+@pytest.fixture(scope="module")
+def drop_cluster(ray_session, tiny_model):
+    config = ClusterConfig(
+        name="tidedrop",
+        engine=TEST_ENGINE.model_copy(update={"max_model_len": 512, "max_num_seqs": 16}),
+        pools=(PoolConfig(name=POOL, role=Role.COLOCATED, num_replicas=2),),
+        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES),
+        controller=ControllerSettings(tick_s=0.25, health_timeout_s=10.0, start_timeout_s=600.0),
+    )
+    controller = ray.remote(ControllerActor).options(
+        name="tidedrop-controller", max_concurrency=1000, num_cpus=0).remote(config, tiny_model)
+    ray.get(controller.start.remote())
+    yield controller, config.replica_memory(tiny_model)
+    ray.get(controller.stop.remote())
+
+
+@pytest.fixture
+async def drop_client(drop_cluster):
+    client = TokenClient(drop_cluster[0], LoadAwareRouter(), TEST_ENGINE.block_size, refresh_s=0.2)
+    await client.start()
+    yield client
+    await client.close()
+
+
+class Requests:
+    """Greedy streamed requests, each checked against the oracle at the end."""
+
+    def __init__(self, client: TokenClient):
+        self._client = client
+        self._running: list[tuple[list[int], int, asyncio.Task]] = []
+
+    def send(self, count: int, prompt_len: int, max_tokens: int, seed: int) -> None:
+        for i in range(count):
+            prompt = prompt_of(prompt_len, seed=seed + i)
+            task = asyncio.create_task(collect(self._client.generate(greedy_request(prompt, max_tokens))))
+            self._running.append((prompt, max_tokens, task))
+
+    async def check(self, oracle) -> int:
+        for prompt, max_tokens, task in self._running:
+            tokens, _ = await task
+            assert tokens == await oracle.greedy.remote(prompt, max_tokens)
+        return len(self._running)
+
+
+async def _serving(controller) -> list:
+    snapshot = await controller.snapshot.remote()
+    return [r for p in snapshot.pools for r in p.serving]
+
+
+async def _two_replicas_serving(controller) -> bool:
+    serving = await _serving(controller)
+    return len(serving) == 2 and all(r.num_members == 1 for r in serving)
+
+
+async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(drop_cluster, drop_client, oracle):
+    controller, memory = drop_cluster
+    table = await controller.routing_table.remote()
+    before = sorted(table.infos)
+    single_blocks = [table.infos[r].num_total_blocks for r in before]
+    [single_stage] = await table.actors[before[0]].stage_memory.remote()
+
+    requests = Requests(drop_client)
+    requests.send(4, prompt_len=150, max_tokens=200, seed=100)  # in flight at the drop
+    await asyncio.sleep(1.0)
+    pipeline_id = await controller.drop_parameters.remote(POOL)
+    table = await controller.routing_table.remote()
+    assert sorted(table.infos) == [pipeline_id]
+    info = table.infos[pipeline_id]
+    assert info.pipeline_stages == 2
+
+    # Memory: the group's blocks grew by the freed weights (one replica's weights) within 5 %.
+    gained = info.num_total_blocks - sum(single_blocks)
+    assert abs(gained - memory.weight_blocks) <= 0.05 * memory.weight_blocks, (gained, memory)
+    stages = await table.actors[pipeline_id].stage_memory.remote()
+    assert [s["layers"] for s in stages] == [single_stage["layers"] // 2] * 2
+    for stage in stages:
+        # Each stage's KV is what half the weights leave of its budget (to a block).
+        assert abs(stage["kv_bytes"] - memory.kv_bytes(2)) <= memory.kv_bytes_per_block
+    assert single_stage["kv_bytes"] <= memory.kv_bytes(1)
+
+    requests.send(4, prompt_len=200, max_tokens=60, seed=200)  # admitted by the pipeline
+    requests.send(3, prompt_len=100, max_tokens=400, seed=300)  # still running at the restore
+    await asyncio.sleep(2.0)
+    members = await controller.restore_parameters.remote(pipeline_id)
+    assert len(members) == 2
+    assert await requests.check(oracle) == 11
+    assert await _two_replicas_serving(controller)
+
+    events = await controller.events.remote()
+    drops = [e for e in events if e.kind == ActionKind.DROP and e.replica == pipeline_id]
+    restores = [e for e in events if e.kind == ActionKind.RESTORE and e.replica == pipeline_id]
+    assert drops and drops[-1].outcome.startswith("ok") and drops[-1].duration_s > 0
+    assert restores and restores[-1].outcome.startswith("ok")
+
+
+async def test_a_stage_dying_while_dropped_loses_no_request(drop_cluster, drop_client, oracle):
+    controller, _ = drop_cluster
+    await wait_for(lambda: _two_replicas_serving(controller), 240, "two replicas serving alone")
+    pipeline_id = await controller.drop_parameters.remote(POOL)
+    table = await controller.routing_table.remote()
+    stages = await table.actors[pipeline_id].stage_memory.remote()
+    requests = Requests(drop_client)
+    requests.send(4, prompt_len=120, max_tokens=300, seed=400)
+    await asyncio.sleep(2.0)
+    os.kill(next(s["pid"] for s in stages if s["rank"] == 1), signal.SIGKILL)
+
+    assert await requests.check(oracle) == 4
+    await wait_for(lambda: _two_replicas_serving(controller), 240, "the members back as two replicas")
+    assert await controller.dropped_groups.remote() == []
+    events = await controller.events.remote()
+    assert any(e.kind == ActionKind.RESTORE and e.replica == pipeline_id and e.reason.startswith("pipeline_")
+               for e in events)
+
+
+async def test_a_burst_drops_by_itself_and_restores_after(drop_cluster, drop_client, oracle):
+    controller, _ = drop_cluster
+    await wait_for(lambda: _two_replicas_serving(controller), 240, "two replicas serving alone")
+    since = (await controller.snapshot.remote()).taken_at_s
+    # 12 requests of 470 tokens need 12 x 15 blocks; two replicas hold 2 x 29.
+    requests = Requests(drop_client)
+    requests.send(12, prompt_len=150, max_tokens=320, seed=500)
+    assert await requests.check(oracle) == 12
+
+    async def restored():
+        events = await controller.events.remote(since)
+        return any(e.kind == ActionKind.RESTORE and e.outcome.startswith("ok") for e in events)
+
+    await wait_for(restored, 120, "the policy to restore the group")
+    events = await controller.events.remote(since)
+    [drop] = [e for e in events if e.kind == ActionKind.DROP]
+    assert drop.reason == "kv_deficit" and drop.outcome.startswith("ok")
+    await wait_for(lambda: _two_replicas_serving(controller), 240, "two replicas serving alone")
