@@ -1,5 +1,7 @@
-"""Elasticity: pool sizes and capacity, and every controller action (scale, replace,
-adopt) with its reason, outcome and duration."""
+"""Elasticity: pool sizes and capacity, parameter dropping (groups serving as a pipeline,
+the KV blocks they gained, how long each drop and restore switch took), and every
+controller action (scale, replace, adopt, drop, restore) with its reason, outcome and
+duration."""
 
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ def build() -> dashboard.Dashboard:
         .with_panel(graph("KV capacity (blocks)", "short", [
             query(f'sum by (pool) (ray_tide_pool_kv_blocks{{{POOLS}, state="total"}})', "{{pool}} total"),
             query(f'sum by (pool) (ray_tide_pool_kv_blocks{{{POOLS}, state="free"}})', "{{pool}} free")]))
+        .with_row(dashboard.Row("Parameter dropping"))
+        .with_panel(graph("Dropped groups (serving as a pipeline)", "short", [
+            query(f"max by (pool) (ray_tide_pool_dropped_groups{{{POOLS}}})", "{{pool}}")]))
+        .with_panel(graph("KV blocks gained by dropping", "short", [
+            query(f"sum by (pool) (ray_tide_pipeline_gained_kv_blocks{{{POOLS}}})", "{{pool}}")],
+            "Blocks the pool's pipelines hold beyond what their members hold restored: the freed weights."))
+        .with_panel(graph("Drop and restore switch time", "s", [
+            query(f'max by (kind, pool) (ray_tide_controller_action_last_duration_seconds{{{POOLS}, kind=~"drop|restore"}})',
+                  "{{kind}} {{pool}}")],
+            "From the members' (or the pipeline's) stop to the new engine serving: the group serves nothing "
+            "meanwhile; its requests replay on the new engine."))
         .with_row(dashboard.Row("Controller actions"))
         .with_panel(graph("Actions by kind, reason and outcome", "short", [
             query(f"sum by (kind, reason, outcome) (increase(ray_tide_controller_actions_total{{{POOLS}}}[{RATE}]))",
