@@ -10,6 +10,9 @@ from grafana_foundation_sdk.builders import dashboard
 from dashboards.panels import RATE, graph, label_variable, new_dashboard, quantiles, query
 
 POOLS = 'pool=~"$pool"'
+# Has data once a group has dropped (tests/integration/test_parameter_drop.py checks it).
+SWITCH_TIME_PANEL = "Drop and restore switch time"
+PANELS_AFTER_A_DROP = (SWITCH_TIME_PANEL,)
 
 
 def build() -> dashboard.Dashboard:
@@ -28,9 +31,9 @@ def build() -> dashboard.Dashboard:
         .with_panel(graph("Dropped groups (serving as a pipeline)", "short", [
             query(f"max by (pool) (ray_tide_pool_dropped_groups{{{POOLS}}})", "{{pool}}")]))
         .with_panel(graph("KV blocks gained by dropping", "short", [
-            query(f"sum by (pool) (ray_tide_pipeline_gained_kv_blocks{{{POOLS}}})", "{{pool}}")],
+            query(f"max by (pool) (ray_tide_pool_pipeline_gained_kv_blocks{{{POOLS}}})", "{{pool}}")],
             "Blocks the pool's pipelines hold beyond what their members hold restored: the freed weights."))
-        .with_panel(graph("Drop and restore switch time", "s", [
+        .with_panel(graph(SWITCH_TIME_PANEL, "s", [
             query(f'max by (kind, pool) (ray_tide_controller_action_last_duration_seconds{{{POOLS}, kind=~"drop|restore"}})',
                   "{{kind}} {{pool}}")],
             "From the members' (or the pipeline's) stop to the new engine serving: the group serves nothing "

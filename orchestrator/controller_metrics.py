@@ -57,9 +57,8 @@ class ControllerMetrics:
             "tide_pool_dropped_groups", "Groups of a pool serving as one pipeline with their weights dropped.",
             tag_keys=("cluster", "pool"))
         self.pipeline_gained_blocks = metrics.Gauge(
-            "tide_pipeline_gained_kv_blocks", "KV blocks a pipeline replica holds beyond its members restored.",
-            tag_keys=("cluster", "pool", "replica"))
-        self._pipeline_blocks: dict[tuple[str, str], int] = {}
+            "tide_pool_pipeline_gained_kv_blocks", "KV blocks a pool's pipeline replicas hold beyond what their members "
+            "hold restored: the freed weights.", tag_keys=("cluster", "pool"))
         self.replica_up = metrics.Gauge(
             "tide_replica_up", "1 if the replica serves (healthy or draining), else 0.", tag_keys=REPLICA_TAGS)
 
@@ -73,19 +72,10 @@ class ControllerMetrics:
         self._last_durations[(event.kind.value, event.pool)] = event.duration_s
         self.last_action_duration.set(event.duration_s, tags=tags)
 
-    def record_dropped_groups(self, pool: str, count: int) -> None:
-        self.dropped_groups.set(count, tags={**self._cluster, "pool": pool})
-        # Ray drops a gauge nobody sets for two export intervals: re-set them each tick.
-        for (pool_name, replica), blocks in self._pipeline_blocks.items():
-            self.pipeline_gained_blocks.set(blocks, tags={**self._cluster, "pool": pool_name, "replica": replica})
-
-    def record_pipeline_blocks(self, pool: str, replica: str, blocks: int | None) -> None:
-        """`blocks` None: the pipeline is gone (its series drops to zero)."""
-        self.pipeline_gained_blocks.set(blocks or 0, tags={**self._cluster, "pool": pool, "replica": replica})
-        if blocks is None:
-            self._pipeline_blocks.pop((pool, replica), None)
-        else:
-            self._pipeline_blocks[(pool, replica)] = blocks
+    def record_dropped_groups(self, pool: str, num_groups: int, gained_blocks: int) -> None:
+        tags = {**self._cluster, "pool": pool}
+        self.dropped_groups.set(num_groups, tags=tags)
+        self.pipeline_gained_blocks.set(gained_blocks, tags=tags)
 
     def record_pool_clocks(self, clocks: dict[str, int]) -> None:
         for pool, clock in clocks.items():

@@ -53,6 +53,7 @@ class ParameterDropping:
     # ---- the tick ----
     def _decide_drops(self) -> list[DropParameters | RestoreParameters]:
         self._forget_lost_pipelines()
+        self._record_drops()
         drop = self.config.parameter_drop
         if not drop.enabled or self._memory is None:
             self._drops.observed(self._snapshot)
@@ -63,9 +64,15 @@ class ParameterDropping:
         actions = [a for a in decide_burst(snapshot, self._drops.state(), weight_blocks, drop.settings())
                    if not busy.intersection(a.members)]
         self._drops.observed(snapshot)
-        for pool in snapshot.pools:
-            self._metrics.record_dropped_groups(pool.name, self._drops.count(pool.name))
         return actions
+
+    def _record_drops(self) -> None:
+        for pool in self.config.pools:
+            gained = 0
+            for managed in self._replicas.values():
+                if managed.pool == pool.name and managed.num_members > 1 and managed.info and self._memory:
+                    gained += managed.info.num_total_blocks - managed.num_members * self._memory.num_blocks(1)
+            self._metrics.record_dropped_groups(pool.name, self._drops.count(pool.name), gained)
 
     def _act_on_drop(self, action: DropParameters | RestoreParameters) -> None:
         if isinstance(action, DropParameters):
@@ -107,7 +114,6 @@ class ParameterDropping:
         # The group's time dropped counts from when the pipeline serves.
         self._drops.add(dataclasses.replace(self._drops.remove(pipeline_id), since_s=time.time()))
         gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
-        self._metrics.record_pipeline_blocks(action.pool, pipeline_id, gained)
         self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
                      outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks")
         return pipeline_id
@@ -126,7 +132,6 @@ class ParameterDropping:
             up = await asyncio.gather(*(self._bring_up(m, reason=f"restore:{reason}") for m in member_ids))
         finally:
             self._drops.switching.difference_update(member_ids)
-        self._metrics.record_pipeline_blocks(group.pool, pipeline_id, None)
         outcome = "ok" if all(up) else "failed: some members did not start; the pool's repair retries them"
         self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, started,
                      outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}")
@@ -140,7 +145,6 @@ class ParameterDropping:
                 continue
             if managed is None or managed.dead_reason is not None:
                 group = self._drops.remove(pipeline_id)
-                self._metrics.record_pipeline_blocks(group.pool, pipeline_id, None)
                 self._record(ActionKind.RESTORE, f"pipeline_{managed.dead_reason if managed else 'gone'}",
                              pipeline_id, group.pool, time.perf_counter(), outcome="ok: members restart as replicas")
 

@@ -11,12 +11,18 @@ import asyncio
 import os
 import signal
 
+import httpx
 import pytest
 import ray
 
+from dashboards.build import load_generated
+from dashboards.queries import expand, panel_queries, variable_values
+
+from dashboards.elasticity import PANELS_AFTER_A_DROP
 from orchestrator.config import ClusterConfig, ControllerSettings, ParameterDropConfig, PoolConfig
 from orchestrator.controller import ControllerActor
 from orchestrator.events import ActionKind
+from orchestrator.prometheus_runner import PrometheusSettings, ray_metrics_targets, running_prometheus
 from orchestrator.token_client import TokenClient
 from policies.routing import LoadAwareRouter
 from policies.snapshot import Role
@@ -44,6 +50,28 @@ def drop_cluster(ray_session, tiny_model):
     ray.get(controller.start.remote())
     yield controller, config.replica_memory(tiny_model)
     ray.get(controller.stop.remote())
+
+
+@pytest.fixture(scope="module")
+def prometheus(drop_cluster):
+    with running_prometheus(ray_metrics_targets(), PrometheusSettings(port=9393, scrape_interval_s=1.0)) as url:
+        yield url
+
+
+async def _panels_without_data(prometheus: str, titles: tuple[str, ...]) -> list[str]:
+    """The Elasticity dashboard's parameter-drop panels, queried as Grafana would."""
+    missing = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        for board in load_generated():
+            variables = variable_values(board)
+            for panel in panel_queries(board):
+                if panel.panel not in titles:
+                    continue
+                expr = expand(panel.expr, variables, rate_interval="5m")
+                answer = (await http.get(f"{prometheus}/api/v1/query", params={"query": expr})).json()
+                if not answer["data"]["result"]:
+                    missing.append(f"{panel.panel}: {expr}")
+    return missing
 
 
 @pytest.fixture
@@ -84,7 +112,8 @@ async def _two_replicas_serving(controller) -> bool:
     return len(serving) == 2 and all(r.num_members == 1 for r in serving)
 
 
-async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(drop_cluster, drop_client, oracle):
+async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(drop_cluster, drop_client, oracle,
+                                                                             prometheus):
     controller, memory = drop_cluster
     table = await controller.routing_table.remote()
     before = sorted(table.infos)
@@ -109,6 +138,10 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
         # Each stage's KV is what half the weights leave of its budget (to a block).
         assert abs(stage["kv_bytes"] - memory.kv_bytes(2)) <= memory.kv_bytes_per_block
     assert single_stage["kv_bytes"] <= memory.kv_bytes(1)
+    # ... and Prometheus sees the group and its gain.
+    for expr in ('max(ray_tide_pool_dropped_groups{cluster="tidedrop"}) == 1',
+                 f'max(ray_tide_pool_pipeline_gained_kv_blocks{{cluster="tidedrop"}}) == {gained}'):
+        await wait_for(lambda: _has_data(prometheus, expr), 30, expr)
 
     requests.send(4, prompt_len=200, max_tokens=60, seed=200)  # admitted by the pipeline
     requests.send(3, prompt_len=100, max_tokens=400, seed=300)  # still running at the restore
@@ -123,6 +156,20 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     restores = [e for e in events if e.kind == ActionKind.RESTORE and e.replica == pipeline_id]
     assert drops and drops[-1].outcome.startswith("ok") and drops[-1].duration_s > 0
     assert restores and restores[-1].outcome.startswith("ok")
+
+    # The Elasticity dashboard shows the drop: groups, blocks gained, switch time.
+    titles = ("Dropped groups (serving as a pipeline)", "KV blocks gained by dropping", *PANELS_AFTER_A_DROP)
+    await wait_for(lambda: _no_panel_missing(prometheus, titles), 60, "the drop panels to have data")
+
+
+async def _has_data(prometheus: str, expr: str) -> bool:
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = (await http.get(f"{prometheus}/api/v1/query", params={"query": expr})).json()
+    return bool(answer["data"]["result"])
+
+
+async def _no_panel_missing(prometheus: str, titles: tuple[str, ...]) -> bool:
+    return not await _panels_without_data(prometheus, titles)
 
 
 async def test_a_stage_dying_while_dropped_loses_no_request(drop_cluster, drop_client, oracle):
