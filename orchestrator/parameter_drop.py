@@ -48,7 +48,7 @@ class ParameterDropping:
         return await self._restore(ReplicaId(pipeline_id), reason="manual")
 
     async def dropped_groups(self) -> list[DroppedGroup]:
-        return [g for g in self._drops.state().groups]
+        return list(self._drops.state().groups)
 
     # ---- the tick ----
     def _decide_drops(self) -> list[DropParameters | RestoreParameters]:
