@@ -153,8 +153,8 @@ class ReplicaActor(ChannelStreams):
         )
 
     async def stage_memory(self) -> list[dict[str, int]]:
-        """Per pipeline stage (one for an ordinary replica): weight and KV bytes held, and
-        the stage's process id."""
+        """Per pipeline stage (one for an ordinary replica): the decoder layers it holds, its
+        KV cache bytes and its process id (actors/pipeline_stage.py)."""
         return await self._require_engine().collective_rpc("stage_memory")
 
     def connector_totals(self) -> dict[str, float]:
