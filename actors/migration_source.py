@@ -9,8 +9,8 @@ waits until the request has just filled a block, so that at the stop only the fe
 decoded since that block boundary are left uncopied (the destination recomputes them: a
 partial block cannot be copied without an engine step). Stages end early once at most
 `last_stage_blocks` full blocks are uncopied and the partial block is short. Then the
-request is stopped (an engine abort; the token of the step in flight is dropped, not
-waited for) and the subscriber gets a `MigrationNotice`: continue on the destination with
+request is stopped right after its next token (an engine abort: the step the engine has
+just begun is dropped, so the client loses no time it has already waited) and the subscriber gets a `MigrationNotice`: continue on the destination with
 prompt + streamed tokens. If the stages left at most `last_stage_blocks` full blocks
 uncopied, the destination recomputes those and the partial block from its prefix cache
 (no export: it would cost the source an engine step); otherwise a last export covers the
@@ -127,11 +127,16 @@ async def _reach_block_boundary(running: RunningRequest, block_size: int, settin
     """Waits until the request has just completed a block (at most `boundary_slack_tokens`
     into the next one). False when the request ended first."""
     while len(running.token_ids) % block_size > settings.boundary_slack_tokens:
-        running.progressed.clear()
-        ended = running.ended
-        waiter = asyncio.ensure_future(running.progressed.wait())
-        await asyncio.wait({waiter, ended}, timeout=settings.stage_timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if ended.done() or not running.progressed.is_set():
+        if not await next_token(running, settings.stage_timeout_s):
             return False
     return True
+
+
+async def next_token(running: RunningRequest, timeout_s: float) -> bool:
+    """Waits for the request's next token. False when it ended, or nothing came within
+    `timeout_s`."""
+    running.progressed.clear()
+    waiter = asyncio.ensure_future(running.progressed.wait())
+    await asyncio.wait({waiter, running.ended}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    return not running.ended.done() and running.progressed.is_set()

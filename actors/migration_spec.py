@@ -17,5 +17,8 @@ class MigrationSettingsSpec:
     # The last pre-copy stage starts once the request is at most this many tokens past a
     # block boundary, so the stop leaves little to recompute.
     boundary_slack_tokens: int = 2
+    # The stop waits at most this long for the request's next token, so that it lands at a
+    # step boundary (a stop mid-step discards the time the client already waited for it).
+    stop_wait_s: float = 1.0
     # A stage, or the destination's liveness check, slower than this fails the migration.
     stage_timeout_s: float = 30.0

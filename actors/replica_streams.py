@@ -22,7 +22,7 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from actors.engine_spec import TransferFailurePolicy
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenRequest
-from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, pre_copy
+from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, next_token, pre_copy
 from actors.migration_spec import MigrationSettingsSpec
 from actors.outbox import ChannelItem, MigrationNotice, Outbox, RequestError
 from policies.migration import MigrationMode
@@ -87,7 +87,7 @@ class ChannelStreams:
     async def _stop_and_hand_over(self, running: RunningRequest, target: MigrationTarget) -> None:
         """Stops the request here and tells the subscriber where it continues. The request
         is handed over as streamed so far; the step the engine is in the middle of is
-        discarded (the destination computes that token again) instead of waited for."""
+        discarded (the destination computes that token again)."""
         running.handover = target
         try:
             await self.abort(running.request.request_id)
@@ -145,6 +145,8 @@ class ChannelStreams:
         except (ray.exceptions.RayError, asyncio.TimeoutError) as exc:
             outcome = "request_finished" if running.ended.done() else "destination_failed"
             return report(outcome, len(per_stage), tuple(per_stage), num_bytes, time.perf_counter() - started, error=str(exc)[:200])
+        if running.produced:
+            await next_token(running, settings.stop_wait_s)
         if running.ended.done():
             return report("request_finished", len(per_stage), tuple(per_stage), num_bytes, time.perf_counter() - started)
         await self._stop_and_hand_over(running, MigrationTarget(destination, mode, sum(per_stage), settings.last_stage_blocks))

@@ -82,6 +82,8 @@ class MigrationConfig(_Frozen):
                                    "the destination recomputes them")
     boundary_slack_tokens: int = Field(2, ge=0, description="the last pre-copy stage starts at most this many tokens "
                                        "past a block boundary, so the stop leaves little to recompute")
+    stop_wait_s: float = Field(1.0, ge=0, description="the stop waits at most this long for the request's next "
+                               "token, so it lands at a step boundary")
     stage_timeout_s: float = Field(30.0, gt=0)
 
     def policy_settings(self) -> MigrationSettings:
@@ -89,8 +91,9 @@ class MigrationConfig(_Frozen):
                                  self.cooldown_s)
 
     def mechanism_settings(self) -> MigrationSettingsSpec:
-        return MigrationSettingsSpec(self.max_stages, self.last_stage_blocks, self.boundary_slack_tokens,
-                                     self.stage_timeout_s)
+        return MigrationSettingsSpec(max_stages=self.max_stages, last_stage_blocks=self.last_stage_blocks,
+                                     boundary_slack_tokens=self.boundary_slack_tokens, stop_wait_s=self.stop_wait_s,
+                                     stage_timeout_s=self.stage_timeout_s)
 
 
 class ParameterDropConfig(_Frozen):

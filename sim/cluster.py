@@ -215,8 +215,8 @@ class Simulation:
         if replica is None or replica.version != version:
             return 0
         outcome = replica.finish_step()
-        for duration, num_tokens in outcome.decode_steps:
-            self.itl.add(duration, num_tokens)
+        for run in outcome.decode_runs:
+            self.itl.add_series(run.first_s, run.growth_s, run.num_steps, run.num_tokens)
         replica.record_latencies(self.now_s, outcome)
         for seq in outcome.handed_off:
             self._hand_off(seq)

@@ -60,9 +60,14 @@ class StepCostModel:
     def decode_run_s(self, num_steps: int, batch: int, context_tokens: int, clock_frac: float = 1.0) -> float:
         """`num_steps` decode-only steps of `batch` sequences starting from `context_tokens`
         cached tokens (each step reads one more token per sequence): an arithmetic series."""
+        first, growth = self.decode_step_series(batch, context_tokens, clock_frac)
+        return num_steps * first + growth * num_steps * (num_steps - 1) / 2
+
+    def decode_step_series(self, batch: int, context_tokens: int, clock_frac: float = 1.0) -> tuple[float, float]:
+        """(first, growth): step k of a decode run takes first + k * growth seconds."""
         first = self.step_s(0, batch, context_tokens + batch, clock_frac)
         growth = self.step_s(0, 0, batch, clock_frac) - self.step_s(0, 0, 0, clock_frac)
-        return num_steps * first + growth * num_steps * (num_steps - 1) / 2
+        return first, growth
 
     def capacity_rps(self, prompt_tokens: float, output_tokens: float, batch: int = 32) -> float:
         """Requests per second one replica sustains at a steady batch of `batch` requests of

@@ -33,6 +33,20 @@ class LogHistogram:
     def add(self, value_s: float, weight: float = 1.0) -> None:
         self.counts[self._bin(value_s)] += weight
 
+    def add_series(self, first_s: float, step_s: float, count: int, weight: float = 1.0) -> None:
+        """Adds first_s + k * step_s for k in range(count) (step_s >= 0), one bin at a time
+        rather than one value at a time: a decode run of n steps costs the bins it spans."""
+        k = 0
+        while k < count:
+            b = self._bin(first_s + step_s * k)
+            if step_s <= 0 or b == self._num_bins - 1:
+                self.counts[b] += weight * (count - k)
+                return
+            # Bin b holds values below LOW_S * RATIO ** b.
+            next_k = min(count, max(k + 1, math.ceil((self.LOW_S * self.RATIO ** b - first_s) / step_s)))
+            self.counts[b] += weight * (next_k - k)
+            k = next_k
+
     def _bin(self, value_s: float) -> int:
         if value_s <= self.LOW_S:
             return 0

@@ -19,6 +19,20 @@ from sim.cost_model import StepCostModel
 from sim.sequence import SimSequence
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeRun:
+    """`num_steps` decode steps, step k taking first_s + k * growth_s, each producing a
+    token for `num_tokens` sequences."""
+
+    first_s: float
+    growth_s: float
+    num_steps: int
+    num_tokens: int
+
+    def step_durations(self) -> list[float]:
+        return [self.first_s + k * self.growth_s for k in range(self.num_steps)]
+
+
 @dataclass
 class StepOutcome:
     """What a (macro-)step produced, for the simulation to act on."""
@@ -28,8 +42,8 @@ class StepOutcome:
     handed_off: list[SimSequence] = field(default_factory=list)
     # Sequences a migration stopped here.
     stopped: list[SimSequence] = field(default_factory=list)
-    # (duration, sequences that produced a token) of each decode step, for inter-token latency.
-    decode_steps: list[tuple[float, int]] = field(default_factory=list)
+    # The decode steps, for inter-token latency: runs of steps whose lengths grow evenly.
+    decode_runs: list[DecodeRun] = field(default_factory=list)
     # Time to first token of the sequences whose first token came in this step.
     ttfts: list[float] = field(default_factory=list)
 
@@ -142,12 +156,11 @@ class SimReplica:
         self._recent_step_s = duration / self._num_steps
         n = self._num_steps
         if n > 1:
-            for k in range(n):
-                outcome.decode_steps.append((self._decode_run_s(k + 1) - self._decode_run_s(k), len(self._batch)))
+            outcome.decode_runs.append(DecodeRun(*self._decode_step_series(), n, len(self._batch)))
         else:
             decoding = sum(1 for seq, _ in self._batch if not seq.in_prefill)
             if decoding:
-                outcome.decode_steps.append((duration, decoding))
+                outcome.decode_runs.append(DecodeRun(duration, 0.0, 1, decoding))
         for seq, chunk in self._batch:
             was_prefilling = seq.in_prefill
             seq.num_computed += chunk if n == 1 else n
@@ -183,8 +196,9 @@ class SimReplica:
     def record_latencies(self, now_s: float, outcome: StepOutcome) -> None:
         if self.latencies is not None:
             self.latencies.add(now_s, outcome.ttfts, [])
-            for duration, num_tokens in outcome.decode_steps:
-                self.latencies.add_itl(now_s, duration, num_tokens)
+            for run in outcome.decode_runs:
+                for duration in run.step_durations():
+                    self.latencies.add_itl(now_s, duration, run.num_tokens)
 
     def take_running(self, newest: int) -> list[SimSequence]:
         """The `newest` running sequences that are decoding and not already moving."""
@@ -323,6 +337,13 @@ class SimReplica:
     def _decode_run_s(self, num_steps: int) -> float:
         run_s = self.cost.decode_run_s(num_steps, len(self._batch), self._context_at_start, self.clock_frac)
         return self._as_pipeline(run_s, len(self._batch), num_steps)
+
+    def _decode_step_series(self) -> tuple[float, float]:
+        """(first, growth) of the steps of the decode run in progress (see `_decode_run_s`)."""
+        first, growth = self.cost.decode_step_series(len(self._batch), self._context_at_start, self.clock_frac)
+        if self.pipeline_hop_s is None:
+            return first, growth
+        return first * self.pipeline_factor + self.pipeline_hop_s(len(self._batch)), growth * self.pipeline_factor
 
     def _as_pipeline(self, seconds: float, tokens_per_step: int, num_steps: int) -> float:
         if self.pipeline_hop_s is None:

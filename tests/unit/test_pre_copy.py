@@ -7,7 +7,7 @@ from vllm import SamplingParams
 
 from actors.kv.medium import KVHandle, MediumKind
 from actors.messages import TokenRequest
-from actors.migration_source import MigrationTarget, RunningRequest, pre_copy
+from actors.migration_source import MigrationTarget, RunningRequest, next_token, pre_copy
 from actors.migration_spec import MigrationSettingsSpec
 from actors.outbox import Outbox
 from policies.snapshot import RequestId
@@ -96,3 +96,19 @@ async def test_a_short_tail_after_the_first_stage_stops_at_once():
     per_stage, _ = await pre_copy(request.running, BLOCK, MigrationSettingsSpec(), staging.export, staging.warm)
     assert per_stage == [32] and staging.exported_at == [1025]
     request.task.cancel()
+
+
+async def test_next_token_returns_just_after_a_token_arrives():
+    request = DecodingRequest(prompt_len=10, max_tokens=400, step_s=0.02)
+    before = len(request.running.produced)
+    assert await next_token(request.running, timeout_s=1.0)
+    assert len(request.running.produced) == before + 1
+    request.task.cancel()
+
+
+async def test_next_token_is_false_when_the_request_ends_or_stalls():
+    ending = DecodingRequest(prompt_len=10, max_tokens=0)
+    assert not await next_token(ending.running, timeout_s=1.0)
+    stalled = DecodingRequest(prompt_len=10, max_tokens=400, step_s=10.0)
+    assert not await next_token(stalled.running, timeout_s=0.05)
+    stalled.task.cancel()

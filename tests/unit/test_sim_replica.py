@@ -6,6 +6,7 @@ import pytest
 
 from policies.snapshot import ReplicaId, Role
 from sim.cost_model import StepSample, fit_coefficients
+from sim.metrics import LogHistogram
 from sim.replica import SimReplica
 from sim.sequence import RequestRecord, SimSequence
 from sim.workload import SimRequest
@@ -51,8 +52,9 @@ def test_long_prompts_are_prefilled_in_chunks():
 def test_decode_runs_give_the_same_times_as_single_steps(arrivals):
     """A run of decode steps simulated as one event equals stepping one by one, also when
     arrivals cut runs short."""
-    results = []
+    results, histograms = [], []
     for max_run in (None, 1):
+        itl = LogHistogram()
         cost = cost_model()
         replica = SimReplica(ReplicaId("r"), "p", Role.COLOCATED, cost, max_run_steps=max_run)
         seqs = [_seq(i, 40 + 30 * i, 20 + 7 * i, at) for i, at in enumerate(arrivals)]
@@ -62,14 +64,30 @@ def test_decode_runs_give_the_same_times_as_single_steps(arrivals):
             next_arrival = pending[0][0] if pending else float("inf")
             if ends is not None and ends <= next_arrival:
                 now = ends
-                replica.finish_step()
+                for run in replica.finish_step().decode_runs:
+                    itl.add_series(run.first_s, run.growth_s, run.num_steps, run.num_tokens)
                 ends = replica.start_step(now) if replica.has_work else None
             else:
                 now, i = pending.pop(0)
                 replica.add(seqs[i])
                 ends = replica.start_step(now) if ends is None else replica.cut_short(now)
         results.append([t for s in seqs for t in (s.record.first_token_s, s.record.finish_s)])
+        histograms.append(itl.counts)
     assert results[0] == pytest.approx(results[1], rel=1e-9)
+    # The same inter-token latencies, token for token.
+    assert histograms[0].sum() == histograms[1].sum() == sum(s.record.request.output_tokens - 1 for s in seqs)
+    assert (histograms[0] == histograms[1]).all()
+
+
+@pytest.mark.parametrize("first, growth, count", [(0.02, 1e-5, 500), (0.02, 0.0, 7), (3e-6, 2e-6, 40), (0.5, 0.01, 1)])
+def test_a_series_lands_in_the_bins_of_its_values(first, growth, count):
+    one_by_one, series = LogHistogram(), LogHistogram()
+    for k in range(count):
+        one_by_one.add(first + k * growth, 3)
+    series.add_series(first, growth, count, 3)
+    assert series.counts.sum() == one_by_one.counts.sum() == 3 * count
+    # Values within rounding of a bin edge may land one bin over; nothing else moves.
+    assert abs(series.counts - one_by_one.counts).sum() <= 2 * 3
 
 
 def test_a_full_kv_pool_preempts_and_recomputes_and_every_request_finishes():
