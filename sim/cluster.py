@@ -138,15 +138,23 @@ class Simulation:
     def run(self, requests: list[SimRequest], until_s: float | None = None) -> SimResult:
         started = time.perf_counter()
         records = [RequestRecord(r) for r in requests]
-        for record in records:
-            # The serving path's fixed latency: the request reaches the ingress's router then.
-            self._push(record.request.arrival_s + self.cost.request_overhead_s, Event.ARRIVE, record)
+        # Arrivals are read in order rather than queued up front, so the event queue holds
+        # only what the replicas have in flight (an hour of traffic is millions of requests).
+        # The serving path's fixed latency: a request reaches the ingress's router then.
+        overhead_s = self.cost.request_overhead_s
+        arrivals = iter(sorted(records, key=lambda record: record.request.arrival_s))
+        next_record = next(arrivals, None)
         self._push(0.0, Event.TICK, None)
         last_arrival = max((r.arrival_s for r in requests), default=0.0)
         horizon = until_s if until_s is not None else float("inf")
         unfinished = len(records)
-        while self._events and unfinished:
-            at, _, kind, payload = heapq.heappop(self._events)
+        events = self._events
+        while (events or next_record is not None) and unfinished:
+            if next_record is not None and (not events or next_record.request.arrival_s + overhead_s <= events[0][0]):
+                at, kind, payload = next_record.request.arrival_s + overhead_s, Event.ARRIVE, next_record
+                next_record = next(arrivals, None)
+            else:
+                at, _, kind, payload = heapq.heappop(events)
             if at > horizon:
                 break
             self.now_s = at
@@ -165,7 +173,7 @@ class Simulation:
                 self.replicas[payload].health = Health.HEALTHY
             elif kind == Event.TICK:
                 self._tick()
-                if self._events:
+                if self._events or next_record is not None:
                     self._push(at + self.config.tick_s, Event.TICK, None)
                 # else: nothing left can happen (a request that fits no replica never finishes)
         span = max(last_arrival, 1e-9)

@@ -102,21 +102,26 @@ class SimReplica:
 
     def start_step(self, now_s: float) -> float | None:
         """Plans the next (macro-)step from `now_s`; returns when it ends (None: nothing to do)."""
-        self._batch, decode_only, admission_stuck = self._schedule()
+        self._batch, admission_stuck = self._schedule()
         if not self._batch:
             self.step_ends_s = None
             return None
-        prefill_tokens = sum(chunk for seq, chunk in self._batch if seq.in_prefill)
-        context = sum(seq.num_computed + chunk for seq, chunk in self._batch)
+        prefill_tokens = context = num_prefilling = 0
+        for seq, chunk in self._batch:
+            context += seq.num_computed + chunk
+            if seq.num_computed < seq.target_tokens:
+                prefill_tokens += chunk
+                num_prefilling += 1
         num_steps = 1
-        if decode_only and (not self.waiting or admission_stuck) and not self._offload_copy_s:
+        if not num_prefilling and (not self.waiting or admission_stuck) and not self._offload_copy_s:
             num_steps = self._decode_run_length()
         self._step_started_s = now_s
         self._num_steps = num_steps
         self._context_at_start = context - len(self._batch)
         if num_steps == 1:
-            duration = self.cost.step_s(prefill_tokens, len(self._batch) - self._num_prefilling(), context, self.clock_frac)
-            duration = self._as_pipeline(duration, prefill_tokens + len(self._batch) - self._num_prefilling(), 1)
+            num_decoding = len(self._batch) - num_prefilling
+            duration = self.cost.step_s(prefill_tokens, num_decoding, context, self.clock_frac)
+            duration = self._as_pipeline(duration, prefill_tokens + num_decoding, 1)
         else:
             duration = self._decode_run_s(num_steps)
             self._reserve_blocks(num_steps)
@@ -161,16 +166,17 @@ class SimReplica:
             decoding = sum(1 for seq, _ in self._batch if not seq.in_prefill)
             if decoding:
                 outcome.decode_runs.append(DecodeRun(duration, 0.0, 1, decoding))
+        advance = n > 1
         for seq, chunk in self._batch:
-            was_prefilling = seq.in_prefill
-            seq.num_computed += chunk if n == 1 else n
-            if seq.in_prefill:
+            was_prefilling = seq.num_computed < seq.target_tokens
+            seq.num_computed += n if advance else chunk
+            if seq.num_computed < seq.target_tokens:
                 continue  # a chunk of a longer prompt
-            seq.num_generated += 1 if n == 1 else n
+            seq.num_generated += n
             if seq.record.first_token_s < 0:
                 seq.record.first_token_s = ended_s
                 outcome.ttfts.append(ended_s - seq.record.request.arrival_s)
-            if seq.remaining_output <= 0:
+            if seq.num_generated >= seq.record.request.output_tokens:
                 seq.record.finish_s = ended_s
                 self._drop(seq)
                 outcome.finished.append(seq)
@@ -227,14 +233,23 @@ class SimReplica:
                 "itl_p90_s": itl.p90_s, "num_itl_samples": itl.num_samples}
 
     # ---- vLLM v1's scheduling ----
-    def _schedule(self) -> tuple[list[tuple[SimSequence, int]], bool, bool]:
+    def _schedule(self) -> tuple[list[tuple[SimSequence, int]], bool]:
+        """The step's batch (sequence, tokens it computes), and whether admission is stuck
+        (a waiting request fits no more)."""
         budget = self.cost.max_num_batched_tokens
+        block_size = self.cost.block_size
         batch: list[tuple[SimSequence, int]] = []
         preempted = False
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        running = self.running
+        while i < len(running) and budget > 0:
+            seq = running[i]
             chunk = seq.next_chunk(budget)
+            if seq.num_computed + chunk <= seq.num_blocks * block_size:  # fits its blocks
+                batch.append((seq, chunk))
+                budget -= chunk
+                i += 1
+                continue
             while not self._grow(seq, seq.num_computed + chunk):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -264,8 +279,7 @@ class SimReplica:
                 self._offload_copy_s += self.offload_link.seconds(self.cost.kv_bytes(seq.num_computed))
             batch.append((seq, chunk))
             budget -= chunk
-        decode_only = all(not seq.in_prefill for seq, _ in batch)
-        return batch, decode_only, stuck
+        return batch, stuck
 
     def _grow(self, seq: SimSequence, num_tokens: int) -> bool:
         needed = _blocks(num_tokens, self.cost.block_size) - seq.num_blocks
@@ -296,9 +310,6 @@ class SimReplica:
         self.free_blocks += seq.num_blocks
         seq.num_blocks = 0
 
-    def _num_prefilling(self) -> int:
-        return sum(1 for seq, _ in self._batch if seq.in_prefill)
-
     # ---- decode runs ----
     def _decode_run_length(self) -> int:
         """Steps until the first sequence finishes, or fewer if the blocks run out first."""
@@ -307,6 +318,8 @@ class SimReplica:
         lo, hi = 1, min(seq.remaining_output for seq, _ in self._batch)
         if self.max_run_steps is not None:
             hi = min(hi, self.max_run_steps)
+        if self._extra_blocks(hi) <= self.free_blocks:
+            return hi  # the common case: the blocks last until the first sequence finishes
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if self._extra_blocks(mid) <= self.free_blocks:
@@ -320,7 +333,7 @@ class SimReplica:
 
     def _extra_blocks(self, num_steps: int) -> int:
         bs = self.cost.block_size
-        return sum(max(0, _blocks(seq.num_computed + num_steps, bs) - seq.num_blocks) for seq, _ in self._batch)
+        return sum(max(0, (seq.num_computed + num_steps + bs - 1) // bs - seq.num_blocks) for seq, _ in self._batch)
 
     def _reserve_blocks(self, num_steps: int) -> None:
         for seq, _ in self._batch:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from policies.routing import (
@@ -78,8 +80,45 @@ def test_load_aware_spreads_a_burst_between_two_snapshots():
         replica_id, state = router.choose(replicas, Role.DECODE, DEMAND, state)
         chosen.append(replica_id)
     assert chosen.count("d-0") == 3 and chosen.count("d-1") == 3
-    assert state.on_new_snapshot().sent == ()
+    assert state.on_new_snapshot().sent == {}
     prefill = [replica("p-0", role=Role.PREFILL), replica("p-1", role=Role.PREFILL)]
     first, state = router.choose(prefill, Role.PREFILL, DEMAND, RouterState())
     second, _ = router.choose(prefill, Role.PREFILL, DEMAND, state)
     assert first != second
+
+
+def _pool(loads: list[int]) -> list:
+    return [replica(f"c-{i:04d}", role=Role.COLOCATED, num_queued_prompt_tokens=load) for i, load in enumerate(loads)]
+
+
+def test_a_large_pool_is_ranked_on_a_sample_that_changes_per_request():
+    rng = random.Random(0)
+    pool = _pool([rng.randrange(0, 100_000) for _ in range(1000)])
+    router, state = LoadAwareRouter(sample_size=16), RouterState()
+    ranks = sorted(r.num_queued_prompt_tokens for r in pool)
+    chosen = []
+    for _ in range(200):
+        replica_id, state = router.choose(pool, Role.COLOCATED, DEMAND, state.on_new_snapshot())
+        chosen.append(next(r for r in pool if r.replica_id == replica_id))
+    # Different samples, so different choices; each the best of 16: in the least loaded
+    # tenth of the pool nearly always (1 - 0.9 ** 16 = 81 % per request).
+    assert len({r.replica_id for r in chosen}) > 50
+    top_tenth = ranks[len(ranks) // 10]
+    assert sum(r.num_queued_prompt_tokens <= top_tenth for r in chosen) >= 0.7 * len(chosen)
+    # The same state gives the same decision (a pure function of its inputs).
+    assert router.choose(pool, Role.COLOCATED, DEMAND, state)[0] == router.choose(pool, Role.COLOCATED, DEMAND, state)[0]
+
+
+def test_without_sampling_the_whole_pool_is_ranked():
+    loads = [50_000] * 1000
+    loads[777] = 0
+    replica_id, _ = LoadAwareRouter(sample_size=None).choose(_pool(loads), Role.COLOCATED, DEMAND, RouterState())
+    assert replica_id == "c-0777"
+
+
+def test_a_sample_with_no_serving_replica_falls_back_to_the_pool():
+    pool = [replica(f"c-{i:04d}", role=Role.COLOCATED, health=Health.DRAINING) for i in range(100)]
+    pool[42] = replica("c-0042", role=Role.COLOCATED)
+    for seed in range(20):
+        replica_id, _ = LoadAwareRouter(sample_size=4).choose(pool, Role.COLOCATED, DEMAND, RouterState(num_routed=seed))
+        assert replica_id == "c-0042"
