@@ -204,6 +204,10 @@ class ServeSettings(_Frozen):
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429/503 answers")
     max_replays: int = Field(3, ge=0, description="replays of a request whose replica died before it fails")
     routing_refresh_s: float = Field(0.2, gt=0, description="how often the ingress refreshes its routing table")
+    routing_sample_size: int | None = Field(
+        16, ge=1, description="load-aware routing ranks a pool larger than this on a fresh sample of this many "
+        "replicas per request (power of d choices); null ranks every replica"
+    )
     data_path: DataPath = Field(
         DataPath.AUTO, description="auto: prefill -> decode when both pools exist, else colocated"
     )

@@ -41,7 +41,7 @@ class OpenAIIngress:
         controller = ray.get_actor(controller_name(config.name), namespace=config.name)
         spec = config.engine_spec(self.model_path)
         self.tokens = TokenClient(
-            controller, make_router(config.routing), spec.block_size,
+            controller, make_router(config.routing, config.serve.routing_sample_size), spec.block_size,
             refresh_s=config.serve.routing_refresh_s, max_replays=config.serve.max_replays,
             data_path=config.serve.data_path,
         )

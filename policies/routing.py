@@ -170,5 +170,7 @@ ROUTERS: dict[RoutingPolicyKind, type] = {
 }
 
 
-def make_router(kind: RoutingPolicyKind) -> Router:
+def make_router(kind: RoutingPolicyKind, sample_size: int | None = 16) -> Router:
+    if kind == RoutingPolicyKind.LOAD_AWARE:
+        return LoadAwareRouter(sample_size)
     return ROUTERS[kind]()

@@ -86,7 +86,7 @@ class Simulation:
         self._events: list = []
         self._counter = itertools.count()
         self._ids = itertools.count()
-        self._router = make_router(config.routing)
+        self._router = make_router(config.routing, config.routing_sample_size)
         self._router_state = RouterState()
         self._routing_snapshot: ClusterSnapshot | None = None
         # Per role, the routing snapshot's replicas that can take requests.

@@ -82,6 +82,9 @@ class SimConfig:
     routing: RoutingPolicyKind = RoutingPolicyKind.LOAD_AWARE
     # The ingress routes on a snapshot this old at most (Tide: serve.routing_refresh_s).
     routing_refresh_s: float = 0.2
+    # Load-aware routing ranks a sample of this many replicas of a larger pool (Tide:
+    # serve.routing_sample_size).
+    routing_sample_size: int | None = 16
     tick_s: float = 1.0
     handoff_link: TransferLink = LINKS["dram"]
     migration: MigrationPlan | None = None
