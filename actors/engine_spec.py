@@ -85,9 +85,7 @@ class EngineSpec:
             seed=self.seed,
             worker_extension_cls="actors.pipeline_stage.PipelineStageExtension",
             **self._parallel_fields(),
-            # Tide's connector stages one worker's KV; a pipeline replica has one per stage.
-            kv_transfer_config=(KVTransferConfig(**self._kv_transfer_fields(emulated_clock_file))
-                                if self.pipeline_stages == 1 else None),
+            kv_transfer_config=KVTransferConfig(**self._kv_transfer_fields(emulated_clock_file)),
         )
 
     def _parallel_fields(self) -> dict:

@@ -1,17 +1,40 @@
-"""The worker side of a pipeline replica (parameter dropping): a vLLM engine whose workers
-each hold one contiguous slice of the model's layers (vLLM's pipeline parallelism), one
-worker per member of the dropped group. Installed as vLLM's worker extension, so the
-replica reaches every stage through `collective_rpc`."""
+"""Tide's vLLM worker extension (every engine's workers), reached through `collective_rpc`.
+
+For a pipeline replica (parameter dropping: a vLLM engine whose workers each hold one
+contiguous slice of the model's layers, one worker per member of the dropped group) it
+prepares and reports the stages; for any replica it stages a running request's KV
+without an engine step (a member handing its requests to the pipeline)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from vllm.distributed import get_pp_group
+from vllm.distributed.kv_transfer import get_kv_transfer_group, has_kv_transfer_group
 from vllm.model_executor.models.utils import PPMissingLayer
 
 
 class PipelineStageExtension:
+    def stage_running_kv(self, request_id: str, path: str) -> dict[str, int | str] | None:
+        """Stages the KV of the running request `request_id` (the full blocks of the tokens
+        computed before the last step) to a file at `path`, between steps and without one:
+        the blocks are read where the request holds them. Returns {"path", "num_tokens",
+        "num_blocks"}, or None when the request is not running here or has no full block."""
+        batch = self.model_runner.input_batch
+        engine_id = next((r for r in batch.req_id_to_index if r == request_id or r.startswith(f"{request_id}-")), None)
+        connector = get_kv_transfer_group() if has_kv_transfer_group() else None
+        if engine_id is None or connector is None:
+            return None
+        index = batch.req_id_to_index[engine_id]
+        block_size = self.model_runner.cache_config.block_size
+        num_blocks = int(batch.num_computed_tokens_cpu[index]) // block_size
+        if num_blocks == 0:
+            return None
+        block_ids = batch.block_table[0].block_table.np[index, :num_blocks].tolist()
+        connector.stage_blocks(Path(path), block_ids, num_blocks * block_size)
+        return {"path": path, "num_tokens": num_blocks * block_size, "num_blocks": num_blocks}
+
     def prepare_stage(self) -> None:
         """Allocates the buffer a later stage receives the previous stage's hidden states
         in. vLLM's CPU runner allocates it only in a profiling or compile warm-up, which an

@@ -2,7 +2,8 @@
 to another replica while they run (live migration; see actors/migration_source.py).
 
 A mixin of `ReplicaActor`: it uses the replica's engine calls (`generate`, `prefill`,
-`abort`, `replica_id`, `spec`, `_migration_metrics`); `_init_streams` sets up its state.
+`abort`, `replica_id`, `spec`, `_publish`, `_require_engine`, `_migration_metrics`);
+`_init_streams` sets up its state.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import ray
 from ray.actor import ActorHandle
@@ -20,13 +22,18 @@ from vllm import SamplingParams
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from actors.engine_spec import TransferFailurePolicy
+from actors.kv.layout import release_staged_kv, staged_kv_path
 from actors.kv.medium import KVHandle, MediumKind
+from actors.kv.specs import STAGED_PARAM
 from actors.messages import TokenRequest
 from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, next_token, pre_copy
 from actors.migration_spec import MigrationSettingsSpec
 from actors.outbox import ChannelItem, MigrationNotice, Outbox, RequestError
 from policies.migration import MigrationMode
 from policies.snapshot import RequestId
+
+# The mode of the notice that moves a request off a member of a group being dropped.
+PARAMETER_DROP_HANDOVER = "parameter_drop"
 
 
 logger = logging.getLogger(__name__)
@@ -111,6 +118,48 @@ class ChannelStreams:
                 logger.warning("request %s: final KV export failed; the destination recomputes",
                                running.request.request_id, exc_info=True)
         return MigrationNotice(running.request.request_id, self.replica_id, target.destination, handle, target.mode)
+
+    async def hand_over_all(self, destination: str, medium: MediumKind = MediumKind.DISK) -> int:
+        """Stops every request running here; each subscriber continues on `destination`,
+        which may not serve yet (a parameter drop's pipeline replica, starting on the
+        devices this replica is about to free). Each request's KV is staged first, while
+        it still holds its blocks, on `medium`: a file that outlives this replica (a direct
+        shared-memory export reads this process's memory). Returns how many moved."""
+        moving = [r for r in self._running.values() if r.handover is None and not r.ended.done()]
+        moved = await asyncio.gather(*(self._hand_over_staged(r, destination, medium) for r in moving))
+        return sum(moved)
+
+    async def _hand_over_staged(self, running: RunningRequest, destination: str, medium: MediumKind) -> bool:
+        handle = await self._stage_running(running.request.request_id, destination, medium) if running.produced else None
+        if running.ended.done() or running.handover is not None:
+            if handle is not None and handle.path:
+                release_staged_kv(Path(handle.path))
+            return False
+        running.handover = MigrationTarget(destination, PARAMETER_DROP_HANDOVER)
+        try:
+            await self.abort(running.request.request_id)
+        except Exception:  # noqa: BLE001 - the notice must go out all the same
+            logger.warning("request %s: abort for hand-over failed", running.request.request_id, exc_info=True)
+        running.outbox.put(MigrationNotice(running.request.request_id, self.replica_id, destination, handle,
+                                           PARAMETER_DROP_HANDOVER))
+        running.ended.set_result("migrated")
+        return True
+
+    async def _stage_running(self, request_id: str, destination: str, medium: MediumKind) -> KVHandle | None:
+        """The KV of a running request, staged where it is (no engine step, no new
+        blocks: a member under a burst has none to spare) and published on `medium`. The
+        file is named for `destination`, whose janitor removes it if it is never loaded
+        (this replica is about to stop, and removes its own files when it does). A
+        pipeline replica's stages hold different layers: it stages nothing."""
+        if self.spec.pipeline_stages > 1:
+            return None
+        path = staged_kv_path(self.spec.staging_dir_for(medium), destination)
+        try:
+            [staged] = await self._require_engine().collective_rpc("stage_running_kv", args=(request_id, str(path)))
+        except Exception:  # noqa: BLE001 - the destination recomputes instead
+            logger.warning("request %s: staging its KV failed; the destination recomputes", request_id, exc_info=True)
+            return None
+        return self._publish(medium, {STAGED_PARAM: staged}) if staged else None
 
     # ---- migration ----
     async def migrate_out(

@@ -100,7 +100,9 @@ class ParameterDropConfig(_Frozen):
     """Parameter dropping for memory bursts (KunServe; policies/burst.py decides,
     docs/parameter_dropping.md). A dropped group of replicas is replaced by one vLLM
     pipeline-parallel engine over their devices, each member holding 1/g of the layers;
-    the freed weight memory becomes KV blocks. Colocated pools only. Off by default."""
+    the freed weight memory becomes KV blocks. Colocated and decode pools (a pipeline
+    replica imports KV but does not export it, so prefill pools are not dropped). Off by
+    default."""
 
     enabled: bool = False
     replica_memory_bytes: int | None = Field(
@@ -124,7 +126,7 @@ class ParameterDropConfig(_Frozen):
 
     def settings(self) -> BurstSettings:
         return BurstSettings(self.drop_usage, self.restore_usage, self.min_vote_share, self.max_group_size,
-                             roles=(Role.COLOCATED,), min_dropped_s=self.min_dropped_s)
+                             roles=(Role.DECODE, Role.COLOCATED), min_dropped_s=self.min_dropped_s)
 
 
 class ClockSettings(_Frozen):

@@ -5,9 +5,12 @@ pipeline parallelism over the members' devices (`pipeline_stages` = g), each sta
 a contiguous 1/g of the layers and, in what the other layers' weights leave of its memory,
 KV for its layers only, so the group holds weight_blocks x (g - 1) more blocks. Restore:
 the pipeline stops and g replicas start again. The switch is a relaunch: from the members'
-stop to the pipeline's first step the group serves nothing (its running requests replay
-on the new engine through the front door), and the same holds for a restore. Both
-durations are controller events (kind drop / restore) and metrics.
+stop to the pipeline's first step the group serves nothing, and the same holds for a
+restore. At a drop the members' running requests are handed to the pipeline with their
+KV staged (each stage loads its own layers of it) and go on there once it serves; at a
+restore the pipeline's requests replay on the members through the front door (a pipeline
+engine cannot stage one file of all its stages' layers). Both durations are controller
+events (kind drop / restore) and metrics.
 
 A pipeline that dies (any stage's process) is replaced like any dead replica; its group is
 forgotten, and the pool's repair starts the other members again.
@@ -101,7 +104,10 @@ class ParameterDropping:
         self._drops.add(DroppedGroup(action.pool, action.members, time.time(), pipeline_id, restored_blocks,
                                      pinned=action.reason == "manual"))
         try:
-            # The members' devices are freed first; their requests replay on the pipeline.
+            # The members' running requests move to the pipeline with their KV staged, and
+            # continue there once it serves; then the members' devices are freed for it.
+            moved = await asyncio.gather(*(m.handle.hand_over_all(pipeline_id, self.config.controller.health_timeout_s)
+                                           for m in members))
             await asyncio.gather(*(m.handle.shutdown() for m in members))
             up = await self._bring_up(pipeline_id, reason=f"drop:{action.reason}")
         finally:
@@ -115,7 +121,8 @@ class ParameterDropping:
         self._drops.add(dataclasses.replace(self._drops.remove(pipeline_id), since_s=time.time()))
         gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
         self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
-                     outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks")
+                     outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks, "
+                             f"{sum(moved)} running requests handed over with their KV")
         return pipeline_id
 
     async def _restore(self, pipeline_id: ReplicaId, reason: str) -> list[ReplicaId]:

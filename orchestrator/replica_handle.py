@@ -76,6 +76,14 @@ class ReplicaHandle:
     async def take_transfer_records(self) -> list[TransferRecord]:
         return await self.actor.take_transfer_records.remote()
 
+    async def hand_over_all(self, destination: str, timeout_s: float) -> int:
+        """Moves every request running here to `destination` with its KV staged (see
+        `ReplicaActor.hand_over_all`); 0 if the replica does not answer in time."""
+        try:
+            return await asyncio.wait_for(self.actor.hand_over_all.remote(destination), timeout_s)
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            return 0
+
     async def shutdown(self, timeout_s: float = 30.0) -> None:
         try:
             await asyncio.wait_for(self.actor.shutdown.remote(), timeout_s)

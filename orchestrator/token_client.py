@@ -32,7 +32,7 @@ from orchestrator.controller import RoutingTable
 from orchestrator.delta_channel import DeltaChannels, ReplicaRequestError
 from orchestrator.replica_handle import ReplicaHandle
 from policies.routing import DataPath, NoReplicaAvailable, RequestDemand, Router, RouterState
-from policies.snapshot import RequestId, Role
+from policies.snapshot import Health, RequestId, Role
 
 logger = logging.getLogger(__name__)
 
@@ -211,11 +211,22 @@ class TokenClient:
             request, extra_skip = resumption(request, leg_produced, notice.kv_handle)
             skip += extra_skip
             moved = notice.mode
-            source, replica = replica, self._replica_or(notice.destination, replica)
+            source, replica = replica, await self._destination_or(notice.destination, replica)
 
-    def _replica_or(self, replica_id: str, fallback: ReplicaHandle) -> ReplicaHandle:
-        actor = self.table.actors.get(replica_id)
-        return ReplicaHandle(replica_id, actor) if actor is not None else fallback
+    async def _destination_or(self, replica_id: str, fallback: ReplicaHandle) -> ReplicaHandle:
+        """The migration's destination once it serves: at once for a live migration, after
+        its engine starts for a parameter drop's pipeline (at most `replica_wait_s`)."""
+        deadline = asyncio.get_running_loop().time() + self.replica_wait_s
+        while True:
+            table = self.table
+            actor = table.actors.get(replica_id)
+            health = next((r.health for p in table.snapshot.pools for r in p.replicas if r.replica_id == replica_id),
+                          None)
+            if actor is not None and health not in (None, Health.STARTING):
+                return ReplicaHandle(replica_id, actor)
+            if asyncio.get_running_loop().time() > deadline:
+                return fallback
+            await asyncio.sleep(self._refresh_s)
 
     async def _choose_any(self, roles: tuple[Role, ...], num_prompt_tokens: int, avoid: frozenset[str]) -> ReplicaHandle:
         """The first role in `roles` with a healthy replica; waits for the controller to

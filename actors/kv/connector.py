@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from vllm.distributed import get_pp_group
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
@@ -86,9 +87,12 @@ class TideKVConnector(KVConnectorBase_V1):
         self._worker: TideConnectorWorker | None = None
         self._stretch: EmulatedStepStretch | None = None
         if role == KVConnectorRole.SCHEDULER:
-            self._scheduler = TideConnectorScheduler(staging_dir, block_size, kv_cache_config)
+            self._scheduler = TideConnectorScheduler(staging_dir, block_size, kv_cache_config,
+                                                     vllm_config.parallel_config.pipeline_parallel_size)
         else:
-            self._worker = TideConnectorWorker(block_size, kv_cache_config)
+            parallel = vllm_config.parallel_config
+            stage = get_pp_group().rank_in_group if parallel.pipeline_parallel_size > 1 else 0
+            self._worker = TideConnectorWorker(block_size, kv_cache_config, stage, parallel.pipeline_parallel_size)
             clock = self._kv_transfer_config.get_from_extra_config("emulated_clock", None)
             if clock:
                 self._stretch = EmulatedStepStretch(PowerCurve.load(clock["curve"]), Path(clock["file"]))
@@ -122,6 +126,11 @@ class TideKVConnector(KVConnectorBase_V1):
         self._worker.save(metadata.exports)
         if self._stretch is not None:
             self._stretch.end_step(metadata.prefill_tokens, metadata.decode_tokens)
+
+    def stage_blocks(self, path: Path, block_ids: list[int], num_tokens: int) -> int:
+        """Stages blocks a running request holds, between steps (see TideConnectorWorker)."""
+        assert self._worker is not None
+        return self._worker.stage_blocks(path, block_ids, num_tokens)
 
     def get_kv_connector_stats(self) -> KVConnectorStats | None:
         return self._worker.take_stats() if self._worker is not None else None

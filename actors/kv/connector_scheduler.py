@@ -39,12 +39,16 @@ class _StagedExport:
 
 
 class TideConnectorScheduler:
-    def __init__(self, staging_dir: str, block_size: int, kv_cache_config: KVCacheConfig):
+    def __init__(self, staging_dir: str, block_size: int, kv_cache_config: KVCacheConfig, num_stages: int = 1):
+        """`num_stages` > 1: a pipeline engine, whose stages each hold some layers. It
+        imports (each stage loads its layers) but does not export: one staged file per
+        request would need every stage's layers."""
         if len(kv_cache_config.kv_cache_groups) != 1:
             raise ValueError("TideKVConnector supports models with one KV cache group (full attention)")
         self._staging_dir = Path(staging_dir)
         self._staging_dir.mkdir(parents=True, exist_ok=True)
         self._block_size = block_size
+        self._exports_enabled = num_stages == 1
         self._export_requests: dict[str, tuple[Request, Path, str, bool]] = {}
         self._pending_imports: dict[str, _PendingImport] = {}
         self._staged_exports: dict[str, _StagedExport] = {}
@@ -54,7 +58,10 @@ class TideConnectorScheduler:
 
     def get_num_new_matched_tokens(self, request: Request, num_computed_tokens: int) -> int:
         params = request.kv_transfer_params or {}
-        if EXPORT_PARAM in params and request.request_id not in self._export_requests:
+        if EXPORT_PARAM in params and not self._exports_enabled:
+            logger.warning("request %s: a pipeline engine does not export KV; the importer computes it",
+                           request.request_id)
+        elif EXPORT_PARAM in params and request.request_id not in self._export_requests:
             export = params[EXPORT_PARAM]
             export_dir = Path(export.get("dir") or self._staging_dir)
             export_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from actors.kv.layout import (
     StagedKVError,
     load_staged_kv,
     plan_layout,
+    release_stage_import,
     release_staged_kv,
     write_direct_kv,
     write_staged_kv,
@@ -39,8 +40,11 @@ def find_block_dim(cache: torch.Tensor, num_blocks: int) -> int:
 
 
 class TideConnectorWorker:
-    def __init__(self, block_size: int, kv_cache_config: KVCacheConfig):
+    def __init__(self, block_size: int, kv_cache_config: KVCacheConfig, stage: int = 0, num_stages: int = 1):
+        """`stage` of `num_stages`: a pipeline engine's worker holds its stage's layers
+        only; it imports those layers from a staged file the other stages read too."""
         self._block_size = block_size
+        self._stage, self._num_stages = stage, num_stages
         self._num_blocks = kv_cache_config.num_blocks
         self._kv_caches: dict[str, torch.Tensor] = {}
         self._block_dim = 0
@@ -82,11 +86,22 @@ class TideConnectorWorker:
             self._stats.add("export_bytes", num_bytes)
             self._stats.add("export_s", time.perf_counter() - started)
 
+    def stage_blocks(self, path: Path, block_ids: list[int], num_tokens: int) -> int:
+        """Writes `block_ids` of every layer to a staged file at `path` now, outside any
+        step (the caller holds the blocks); returns its size."""
+        header = plan_layout(self._kv_caches, self._block_dim, self._block_size, len(block_ids), num_tokens)
+        num_bytes = write_staged_kv(path, self._kv_caches, block_ids, header)
+        self._stats.add("num_exports", 1)
+        self._stats.add("export_bytes", num_bytes)
+        return num_bytes
+
     def load(self, imports: list[ImportSpec]) -> None:
         for spec in imports:
             started = time.perf_counter()
+            shared = self._num_stages > 1
             try:
-                num_bytes = load_staged_kv(Path(spec.path), self._kv_caches, spec.src_block_start, spec.dst_block_ids)
+                num_bytes = load_staged_kv(Path(spec.path), self._kv_caches, spec.src_block_start, spec.dst_block_ids,
+                                           shared_claim=shared)
             except (StagedKVError, OSError, RuntimeError) as exc:
                 logger.error("request %s: loading staged KV failed: %s", spec.request_id, exc)
                 self._failed_block_ids.update(spec.dst_block_ids)
@@ -94,7 +109,10 @@ class TideConnectorWorker:
                 continue
             finally:
                 # A staged file is consumed once, loaded or not: the importer owns it.
-                release_staged_kv(Path(spec.path))
+                if shared:
+                    release_stage_import(Path(spec.path), self._stage, self._num_stages)
+                else:
+                    release_staged_kv(Path(spec.path))
             self._stats.add("num_imports", 1)
             self._stats.add("import_bytes", num_bytes)
             self._stats.add("import_s", time.perf_counter() - started)

@@ -214,6 +214,22 @@ def release_staged_kv(path: Path) -> None:
     of a direct export so the exporter frees its blocks."""
     path.unlink(missing_ok=True)
     Path(str(path) + ".lease").unlink(missing_ok=True)
+    Path(str(path) + ".lease.claimed").unlink(missing_ok=True)
+
+
+def release_stage_import(path: Path, stage: int, num_stages: int) -> bool:
+    """Stage `stage` of a pipeline engine is done with `path` (each stage loads its own
+    layers from it). The file is released once every stage is done: each stage marks
+    itself before it counts, so the last to mark always sees all marks. True if this
+    stage released it."""
+    Path(f"{path}.stage{stage}.done").touch()
+    marks = [Path(f"{path}.stage{i}.done") for i in range(num_stages)]
+    if not all(mark.exists() for mark in marks):
+        return False
+    release_staged_kv(path)
+    for mark in marks:
+        mark.unlink(missing_ok=True)
+    return True
 
 
 def _chunk_view(mapped: torch.Tensor, chunk: LayerChunk, dtype: torch.dtype) -> torch.Tensor:
@@ -226,13 +242,15 @@ def load_staged_kv(
     kv_caches: dict[str, torch.Tensor],
     src_block_start: int,
     dst_block_ids: list[int],
+    shared_claim: bool = False,
 ) -> int:
     """Copies staged blocks [src_block_start, src_block_start + len(dst_block_ids)) of
     every layer in `kv_caches` into the engine's blocks `dst_block_ids`; returns the bytes
-    copied."""
+    copied. `shared_claim`: the other stages of this pipeline engine read the same direct
+    export, so its claim is left for `release_stage_import`."""
     staged = read_staged(path)
     if isinstance(staged, DirectKV):
-        return _load_direct(staged, kv_caches, src_block_start, dst_block_ids)
+        return _load_direct(staged, kv_caches, src_block_start, dst_block_ids, shared_claim)
     header = staged
     if src_block_start + len(dst_block_ids) > header.num_blocks:
         raise StagedKVError(
@@ -253,7 +271,8 @@ def load_staged_kv(
     return num_bytes
 
 
-def _load_direct(direct: DirectKV, kv_caches: dict[str, torch.Tensor], src_block_start: int, dst_block_ids: list[int]) -> int:
+def _load_direct(direct: DirectKV, kv_caches: dict[str, torch.Tensor], src_block_start: int, dst_block_ids: list[int],
+                 shared_claim: bool) -> int:
     header = direct.header
     if src_block_start + len(dst_block_ids) > header.num_blocks:
         raise StagedKVError(f"direct KV holds {header.num_blocks} blocks, asked for {src_block_start}+{len(dst_block_ids)}")
@@ -273,11 +292,14 @@ def _load_direct(direct: DirectKV, kv_caches: dict[str, torch.Tensor], src_block
     try:
         os.rename(direct.lease_path, direct.claimed_path)
     except FileNotFoundError:
-        raise StagedKVError("the direct KV's lease has expired; its blocks may be reused") from None
+        # Another stage of the same pipeline engine may have claimed it first.
+        if not shared_claim or not Path(direct.claimed_path).exists():
+            raise StagedKVError("the direct KV's lease has expired; its blocks may be reused") from None
     os.utime(direct.claimed_path)  # the claim's age, not the lease's, is what sweeping sees
     try:
         return read_from_process(direct.source_pid, copies)
     except CrossMemoryError as exc:
         raise StagedKVError(f"direct KV from pid {direct.source_pid} is unreadable: {exc}") from exc
     finally:
-        Path(direct.claimed_path).unlink(missing_ok=True)
+        if not shared_claim:
+            Path(direct.claimed_path).unlink(missing_ok=True)

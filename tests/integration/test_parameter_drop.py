@@ -1,7 +1,7 @@
 """Parameter dropping on real engines: a group of two colocated replicas becomes one vLLM
 pipeline (each stage half the layers), gains the freed weights as KV blocks, and serves
-every request with the tokens of one plain engine — requests in flight at the drop, during
-the pipeline phase and across the restore; a stage dying loses no request; under a burst
+every request with the tokens of one plain engine — requests in flight at the drop (handed
+to the pipeline with their KV), during the pipeline phase and across the restore; a stage dying loses no request; under a burst
 the controller drops by itself and restores after. Its own cluster, with a replica memory
 budget where the weights are 70 % of it."""
 
@@ -120,14 +120,24 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     single_blocks = [table.infos[r].num_total_blocks for r in before]
     [single_stage] = await table.actors[before[0]].stage_memory.remote()
 
-    requests = Requests(drop_client)
-    requests.send(4, prompt_len=150, max_tokens=200, seed=100)  # in flight at the drop
-    await asyncio.sleep(1.0)
+    in_flight = Requests(drop_client)
+    in_flight.send(4, prompt_len=150, max_tokens=200, seed=100)  # in flight at the drop
+    await asyncio.sleep(0.5)
     pipeline_id = await controller.drop_parameters.remote(POOL)
     table = await controller.routing_table.remote()
     assert sorted(table.infos) == [pipeline_id]
     info = table.infos[pipeline_id]
     assert info.pipeline_stages == 2
+    # The requests in flight moved with their KV: each stage loads its layers of it.
+    [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP and e.replica == pipeline_id]
+    assert "4 running requests handed over with their KV" in drop.outcome, drop.outcome
+
+    async def imported_all() -> bool:
+        totals = await table.actors[pipeline_id].connector_totals.remote()
+        return totals["num_imports"] >= 4 * info.pipeline_stages and totals["num_import_failures"] == 0
+
+    await wait_for(imported_all, 60, "the pipeline's stages to load the handed-over KV")
+    assert await in_flight.check(oracle) == 4
 
     # Memory: the group's blocks grew by the freed weights (one replica's weights) within 5 %.
     gained = info.num_total_blocks - sum(single_blocks)
@@ -143,12 +153,13 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
                  f'max(ray_tide_pool_pipeline_gained_kv_blocks{{cluster="tidedrop"}}) == {gained}'):
         await wait_for(lambda: _has_data(prometheus, expr), 30, expr)
 
+    requests = Requests(drop_client)
     requests.send(4, prompt_len=200, max_tokens=60, seed=200)  # admitted by the pipeline
     requests.send(3, prompt_len=100, max_tokens=400, seed=300)  # still running at the restore
     await asyncio.sleep(2.0)
     members = await controller.restore_parameters.remote(pipeline_id)
     assert len(members) == 2
-    assert await requests.check(oracle) == 11
+    assert await requests.check(oracle) == 7
     assert await _two_replicas_serving(controller)
 
     events = await controller.events.remote()
