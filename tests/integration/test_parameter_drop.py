@@ -220,3 +220,53 @@ async def test_a_burst_drops_by_itself_and_restores_after(drop_cluster, drop_cli
     [drop] = [e for e in events if e.kind == ActionKind.DROP]
     assert drop.reason == "kv_deficit" and drop.outcome.startswith("ok")
     await wait_for(lambda: _two_replicas_serving(controller), 240, "two replicas serving alone")
+
+
+@pytest.fixture(scope="module")
+def decode_drop_cluster(ray_session, tiny_model):
+    """Prefill -> decode serving with two decode replicas under the same budget."""
+    config = ClusterConfig(
+        name="tidedropd",
+        engine=TEST_ENGINE.model_copy(update={"max_model_len": 512, "max_num_seqs": 16}),
+        pools=(PoolConfig(name="prefill", role=Role.PREFILL, num_replicas=1),
+               PoolConfig(name="decode", role=Role.DECODE, num_replicas=2)),
+        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES),
+        controller=ControllerSettings(tick_s=0.25, health_timeout_s=10.0, start_timeout_s=600.0),
+    )
+    controller = ray.remote(ControllerActor).options(
+        name="tidedropd-controller", max_concurrency=1000, num_cpus=0).remote(config, tiny_model)
+    ray.get(controller.start.remote())
+    yield controller
+    ray.get(controller.stop.remote())
+
+
+async def test_a_decode_pool_drops_and_its_pipeline_takes_prefill_handoffs(decode_drop_cluster, oracle):
+    """Decode requests move to the pipeline with their KV; new requests prefill on the
+    prefill replica and the pipeline's stages each load their layers of that KV."""
+    controller = decode_drop_cluster
+    client = TokenClient(controller, LoadAwareRouter(), TEST_ENGINE.block_size, refresh_s=0.2)
+    await client.start()
+    try:
+        in_flight = Requests(client)
+        in_flight.send(4, prompt_len=150, max_tokens=200, seed=600)
+        await asyncio.sleep(0.5)
+        pipeline_id = await controller.drop_parameters.remote("decode")
+        [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP]
+        assert "4 running requests handed over with their KV" in drop.outcome, drop.outcome
+        assert await in_flight.check(oracle) == 4
+
+        handed_off = Requests(client)
+        handed_off.send(4, prompt_len=200, max_tokens=40, seed=700)
+        assert await handed_off.check(oracle) == 4
+        table = await controller.routing_table.remote()
+        totals = await table.actors[pipeline_id].connector_totals.remote()
+        # 8 requests came with KV (4 handed over, 4 from the prefill replica), 2 stages each.
+        assert totals["num_imports"] >= 8 * 2 and totals["num_import_failures"] == 0, totals
+
+        across = Requests(client)
+        across.send(3, prompt_len=100, max_tokens=300, seed=800)
+        await asyncio.sleep(1.0)
+        assert len(await controller.restore_parameters.remote(pipeline_id)) == 2
+        assert await across.check(oracle) == 3
+    finally:
+        await client.close()

@@ -14,6 +14,7 @@ from actors.kv.layout import (
     plan_layout,
     read_header,
     read_staged,
+    release_stage_import,
     release_staged_kv,
     write_direct_kv,
     write_staged_kv,
@@ -141,3 +142,32 @@ def test_expired_lease_is_never_read(tmp_path):
     os.unlink(read_staged(path).lease_path)
     with pytest.raises(StagedKVError, match="lease has expired"):
         load_staged_kv(path, caches(0), 0, [0])
+
+
+def _stage_caches(src: dict[str, torch.Tensor], layers: list[int], seed: int) -> dict[str, torch.Tensor]:
+    """A pipeline stage's cache: only its own layers."""
+    full = caches(0, seed=seed)
+    return {name: full[name] for name in src if int(name.split(".")[2]) in layers}
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_pipeline_stages_each_load_their_layers_and_the_last_one_releases(tmp_path, direct):
+    """Two stages of one pipeline engine read the same staged KV, each its own layers; the
+    file (and a direct export's lease) outlives the first and is gone after the second."""
+    src = caches(0, seed=7)
+    header = plan_layout(src, 0, 32, num_blocks=2, num_tokens=64)
+    path = tmp_path / "r.kv"
+    (write_direct_kv if direct else write_staged_kv)(path, src, [3, 8], header)
+    lease = read_staged(path).lease_path if direct else None
+    stages = [_stage_caches(src, [0, 1], seed=8), _stage_caches(src, [2], seed=9)]
+    for rank, stage in enumerate(stages):
+        load_staged_kv(path, stage, 0, [5, 6], shared_claim=True)
+        for name, cache in stage.items():
+            assert torch.equal(src[name][3], cache[5]) and torch.equal(src[name][8], cache[6])
+        released = release_stage_import(path, rank, num_stages=2)
+        assert released == (rank == 1)
+        assert path.exists() == (rank == 0)
+        if direct:
+            # The exporter holds its blocks until every stage is done.
+            assert (os.path.exists(lease) or os.path.exists(lease + ".claimed")) == (rank == 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
