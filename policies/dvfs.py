@@ -12,7 +12,7 @@ between observations does not shift the prediction. Until the pool has been seen
 clocks (or when the fit is not physical), a prior share per metric stands in.
 
 Hysteresis: a clock rises at once when the metric is over the bound (target x (1 -
-margin)), so it rises before the SLO breaks; it falls only to a clock predicted to stay a
+margin)), so it rises before the SLO breaks (to the maximum if it has broken); it falls only to a clock predicted to stay a
 band below the bound by the worst recent reading, only after `hold_s` without a change
 (`raise_hold_s` after a rise: load that just grew tends to grow on), and a few steps at a
 time.
@@ -146,7 +146,11 @@ def _wanted_clock(pool: PoolClockView, slo: SloTargets, settings: ClockPolicySet
         bound = slo.of(metric) * (1.0 - settings.margin)
         share = _compute_share(of_metric, current, dict(settings.prior_compute_frac)[metric])
         latest = recent[-1].p90_s
-        if latest > bound:
+        if latest > slo.of(metric):
+            # Already breaking the SLO: the load jumped past what the fit has seen, and a
+            # rise to the predicted clock can take a round of fresh readings per step.
+            needs.append(clocks[-1])
+        elif latest > bound:
             predict = _predictor(latest, current, share)
             above = [c for c in clocks if c > current]
             fits = [c for c in clocks if predict(c) <= bound]

@@ -68,6 +68,12 @@ def test_over_the_bound_raises_at_once_even_within_the_hold_time():
     assert action.clock_mhz == 840
 
 
+def test_a_broken_slo_raises_to_the_maximum_at_once():
+    # 0.12 s against a 0.1 s TPOT target at 300 MHz: no waiting for a fit, the maximum.
+    view = pool(300, obs(ITL, 300, 0.12, at_s=101.0), changed_at_s=100.0)
+    assert decide_clocks((view,), SLO, SETTINGS, now_s=101.0) == [SetPoolClock("decode", 1410, "slo_risk")]
+
+
 def test_the_raise_is_at_least_one_step():
     view = pool(1290, obs(ITL, 1290, 0.0751), changed_at_s=0.0)
     assert decide_clocks((view,), SLO, SETTINGS, now_s=100.0) == [SetPoolClock("decode", 1410, "slo_risk")]
