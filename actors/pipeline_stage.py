@@ -21,6 +21,9 @@ class PipelineStageExtension:
         computed before the last step) to a file at `path`, between steps and without one:
         the blocks are read where the request holds them. Returns {"path", "num_tokens",
         "num_blocks"}, or None when the request is not running here or has no full block."""
+        # The persistent batch holds the requests the last step ran, whose blocks are still
+        # theirs; the runner's request states also keep preempted requests, with block ids
+        # they no longer hold.
         batch = self.model_runner.input_batch
         engine_id = next((r for r in batch.req_id_to_index if r == request_id or r.startswith(f"{request_id}-")), None)
         connector = get_kv_transfer_group() if has_kv_transfer_group() else None
