@@ -10,8 +10,9 @@ decoded since that block boundary are left uncopied (the destination recomputes 
 partial block cannot be copied without an engine step). Stages end early once at most
 `last_stage_blocks` full blocks are uncopied and the partial block is short. Then the
 request is stopped right after its next token (an engine abort: the step the engine has
-just begun is dropped, so the client loses no time it has already waited) and the subscriber gets a `MigrationNotice`: continue on the destination with
-prompt + streamed tokens. If the stages left at most `last_stage_blocks` full blocks
+just begun is dropped, so the client loses no time it has already waited) and the
+subscriber gets a `MigrationNotice`: continue on the destination with prompt + streamed
+tokens. If the stages left at most `last_stage_blocks` full blocks
 uncopied, the destination recomputes those and the partial block from its prefix cache
 (no export: it would cost the source an engine step); otherwise a last export covers the
 rest (the destination loads only the blocks its prefix cache lacks).

@@ -130,7 +130,9 @@ class ChannelStreams:
         return sum(moved)
 
     async def _hand_over_staged(self, running: RunningRequest, destination: str, medium: MediumKind) -> bool:
-        handle = await self._stage_running(running.request.request_id, destination, medium) if running.produced else None
+        handle = None
+        if running.produced:
+            handle = await self._stage_running(running.request.request_id, destination, medium)
         if running.ended.done() or running.handover is not None:
             if handle is not None and handle.path:
                 release_staged_kv(Path(handle.path))
@@ -212,8 +214,9 @@ class ChannelStreams:
 
     async def export_kv(self, token_ids: list[int], medium: MediumKind | None = None) -> KVHandle | None:
         """Stages the KV of `token_ids`' full blocks (prefix-cache hits here; only the tail
-        is computed) and publishes it. None when there is nothing worth moving."""
-        if len(token_ids) + 1 > self._require_engine().model_config.max_model_len:
+        is computed) and publishes it. None when there is nothing worth moving, or when
+        this is a pipeline replica (its engine does not export: the destination recomputes)."""
+        if self.spec.pipeline_stages > 1 or len(token_ids) + 1 > self._require_engine().model_config.max_model_len:
             return None
         sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
         probe = TokenRequest(RequestId(f"export-{uuid.uuid4().hex}"), list(token_ids), sampling)

@@ -12,10 +12,10 @@ between observations does not shift the prediction. Until the pool has been seen
 clocks (or when the fit is not physical), a prior share per metric stands in.
 
 Hysteresis: a clock rises at once when the metric is over the bound (target x (1 -
-margin)), so it rises before the SLO breaks (to the maximum if it has broken); it falls only to a clock predicted to stay a
-band below the bound by the worst recent reading, only after `hold_s` without a change
-(`raise_hold_s` after a rise: load that just grew tends to grow on), and a few steps at a
-time.
+margin)), so it rises before the SLO breaks (to the maximum if it has broken); it falls
+only to a clock predicted to stay a band below the bound by the worst recent reading, only
+after `hold_s` without a change (`raise_hold_s` after a rise: load that just grew tends to
+grow on), and a few steps at a time.
 Safe default: with no data for `missing_after_s`, the maximum clock.
 """
 

@@ -164,13 +164,7 @@ def _reverse_id(replica: ReplicaSnapshot) -> tuple[int, ...]:
     return tuple(-ord(c) for c in replica.replica_id)
 
 
-ROUTERS: dict[RoutingPolicyKind, type] = {
-    RoutingPolicyKind.ROUND_ROBIN: RoundRobinRouter,
-    RoutingPolicyKind.LOAD_AWARE: LoadAwareRouter,
-}
-
-
 def make_router(kind: RoutingPolicyKind, sample_size: int | None = 16) -> Router:
     if kind == RoutingPolicyKind.LOAD_AWARE:
         return LoadAwareRouter(sample_size)
-    return ROUTERS[kind]()
+    return RoundRobinRouter()
