@@ -41,6 +41,8 @@ class EngineLoad:
         self.connector_totals: dict[str, float] = empty_totals()
         self.latencies = LatencyWindow(latency_window_s)
         self.num_generated_tokens = 0
+        # Requests the scheduler preempted (KV freed, recomputed later), since the start.
+        self.num_preemptions = 0
 
     def admit(self, request_id: str, num_prompt_tokens: int) -> None:
         self._admitted[request_id] = _Admitted(num_prompt_tokens, -(-num_prompt_tokens // self.block_size))
@@ -69,6 +71,7 @@ class EngineLoad:
                        iteration_stats: IterationStats | None = None) -> None:
         if iteration_stats is not None:
             self.num_generated_tokens += iteration_stats.num_generation_tokens
+            self.num_preemptions += iteration_stats.num_preempted_reqs
             self.latencies.add(now_s, iteration_stats.time_to_first_tokens_iter,
                                iteration_stats.inter_token_latencies_iter)
         if scheduler_stats is not None:

@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--model", default="small", help="built-in size or model directory")
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 512, 1024, 1792])
     parser.add_argument("--modes", nargs="+", default=[m.value for m in MigrationMode])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="moves per context and mode; the median is reported")
     parser.add_argument("--after", type=int, default=24, help="tokens decoded before the move")
     parser.add_argument("--out", default="bench/results/migration_downtime.json")
     args = parser.parse_args()

@@ -52,6 +52,7 @@ class Result:
     p50_tpot_s: float
     p99_tpot_s: float
     migrations: int
+    preemptions: int
 
 
 def workload(num: int, rate: float, cv: float, seed: int, max_output: int) -> Workload:
@@ -83,6 +84,7 @@ async def run_setup(name: str, model: str, load: Workload, router, migration: bo
     try:
         results = await open_loop(client, list(load.arrivals_s), list(load.prompt_lens), list(load.output_lens))
         events = await controller.events.remote()
+        snapshot = await controller.snapshot.remote()
     finally:
         await client.close()
         await controller.stop.remote()
@@ -90,10 +92,12 @@ async def run_setup(name: str, model: str, load: Workload, router, migration: bo
     ttfts = sorted(r.ttft_s for r in done)
     tpots = sorted(r.tpot_s for r in done if r.tpot_s > 0)
     migrations = sum(1 for e in events if e.kind == ActionKind.MIGRATE and e.outcome == "ok")
-    result = Result(name, len(done), pct(ttfts, 50), pct(ttfts, 99), pct(tpots, 50), pct(tpots, 99), migrations)
+    preemptions = sum(r.num_preemptions for pool in snapshot.pools for r in pool.replicas)
+    result = Result(name, len(done), pct(ttfts, 50), pct(ttfts, 99), pct(tpots, 50), pct(tpots, 99), migrations,
+                    preemptions)
     print(f"[{name}] completed {result.completed}/{len(results)}  TTFT p50 {result.p50_ttft_s * 1e3:.0f} ms "
           f"p99 {result.p99_ttft_s * 1e3:.0f} ms  TPOT p50 {result.p50_tpot_s * 1e3:.1f} ms "
-          f"p99 {result.p99_tpot_s * 1e3:.1f} ms  migrations {migrations}", flush=True)
+          f"p99 {result.p99_tpot_s * 1e3:.1f} ms  migrations {migrations}  preemptions {preemptions}", flush=True)
     return result
 
 
@@ -104,7 +108,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=6.0, help="mean requests per second")
     parser.add_argument("--cv", type=float, default=4.0, help="coefficient of variation of inter-arrival times")
     parser.add_argument("--max-output", type=int, default=1500)
-    parser.add_argument("--kv-mib", type=int, default=6, help="KV cache per replica")
+    parser.add_argument("--kv-mib", type=int, default=5, help="KV cache per replica (5 MiB: 80 blocks, 2,560 tokens of the tiny model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/migration_skewed_load.json")
     args = parser.parse_args()

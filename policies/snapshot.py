@@ -41,6 +41,8 @@ class ReplicaSnapshot:
     num_head_waiting_blocks: int = 0
     num_waiting_blocks: int = 0
     num_queued_prompt_tokens: int = 0
+    # Requests the engine preempted since it started (cumulative).
+    num_preemptions: int = 0
     mean_step_s: float = 0.0
     # The device's clock, and the engine's P90 time to first token and P90 time between
     # tokens over the replica's latency window at that clock (0 samples: no data).
