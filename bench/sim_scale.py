@@ -6,7 +6,9 @@ policies run every simulated second. Reports simulated seconds per wall second (
 not fall faster than the cluster grows), and the time of one policy tick (snapshot +
 repair + migration decisions) over the largest cluster's snapshot.
 
-    .venv/bin/python -m bench.sim_scale [--replicas 100 300 1000] [--simulated-s 60]
+The simulator runs compiled (sim/native.py, built on first use) unless `--pure-python`.
+
+    .venv/bin/python -m bench.sim_scale [--replicas 100 300 1000] [--simulated-s 60] [--pure-python]
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ import statistics
 import time
 from pathlib import Path
 
-from policies.migration import MigrationHistory, MigrationSettings, decide_migrations
-from policies.repair import InFlight, decide_repairs
-from policies.snapshot import Role
-from sim.cluster import Simulation
-from sim.config import MigrationPlan, SimConfig, SimPool
-from sim.cost_model import StepCostModel
+from sim import native
 from sim.workload import read_trace, tiled_trace
 
 
 def run(num_replicas: int, simulated_s: float, load: float, calibration: str) -> dict:
+    # Imported here, not at the top: the native build must be activated first.
+    from policies.snapshot import Role
+    from sim.cluster import Simulation
+    from sim.config import MigrationPlan, SimConfig, SimPool
+    from sim.cost_model import StepCostModel
+
+    started = time.perf_counter()
     cost = StepCostModel.load(calibration)
     _, prompts, outputs = read_trace("conv")
     rate = load * num_replicas * cost.capacity_rps(float(prompts.mean()), float(outputs.mean()))
@@ -34,19 +38,26 @@ def run(num_replicas: int, simulated_s: float, load: float, calibration: str) ->
     config = SimConfig(pools=(SimPool("colocated", Role.COLOCATED, num_replicas),), calibration=calibration,
                        migration=MigrationPlan(), max_timeline_replicas=0)
     sim = Simulation(config)
+    workload_s = time.perf_counter() - started
     result = sim.run(requests, until_s=simulated_s)
     tick_ms = _tick_ms(sim)
     row = {"replicas": num_replicas, "requests": len(requests), "rate_rps": rate, "simulated_s": result.simulated_s,
            "wall_s": result.wall_s, "simulated_s_per_wall_s": result.simulated_s / result.wall_s,
+           "workload_s": workload_s,
            "events": result.num_events, "policy_tick_ms": tick_ms,
-           "finished": result.summary["num_finished"], "ttft_p50_s": result.summary["ttft_s"]["p50"]}
+           "finished": result.summary["num_finished"], "ttft_p50_s": result.summary["ttft_s"]["p50"],
+           "native": native.is_active()}
     print(f"{num_replicas:>6} replicas  {len(requests):>8} requests  {result.simulated_s:7.1f} simulated s in "
-          f"{result.wall_s:7.1f} s = {row['simulated_s_per_wall_s']:7.2f} sim-s/s  tick {tick_ms:6.2f} ms", flush=True)
+          f"{result.wall_s:7.1f} s = {row['simulated_s_per_wall_s']:7.2f} sim-s/s  tick {tick_ms:6.2f} ms  "
+          f"(workload built in {workload_s:.1f} s)", flush=True)
     return row
 
 
-def _tick_ms(sim: Simulation, repeats: int = 20) -> float:
+def _tick_ms(sim, repeats: int = 20) -> float:
     """One controller tick over the simulation's current (loaded) cluster."""
+    from policies.migration import MigrationHistory, MigrationSettings, decide_migrations
+    from policies.repair import InFlight, decide_repairs
+
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -63,8 +74,13 @@ def main() -> None:
     parser.add_argument("--simulated-s", type=float, default=60.0)
     parser.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of capacity")
     parser.add_argument("--calibration", default="a100-llama2-7b")
+    parser.add_argument("--pure-python", action="store_true", help="run the simulator uncompiled")
     parser.add_argument("--out", default="bench/results/sim_scale.json")
     args = parser.parse_args()
+    if not args.pure_python:
+        built = native.build()
+        native.activate()
+        print(f"native simulator: {built.directory}", flush=True)
     rows = [run(n, args.simulated_s, args.load, args.calibration) for n in args.replicas]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"command": "python -m bench.sim_scale", "args": vars(args), "rows": rows},

@@ -46,6 +46,58 @@ class Sent:
 NOTHING_SENT = Sent()
 
 
+class _SentLog:
+    """Append-only log of routing decisions with running totals per replica."""
+
+    def __init__(self, entries: Sequence[tuple[ReplicaId, RequestDemand]] = ()):
+        self.entries: list[tuple[ReplicaId, RequestDemand]] = []
+        self.totals: dict[ReplicaId, Sent] = {}
+        for replica_id, demand in entries:
+            self.append(replica_id, demand)
+
+    def append(self, replica_id: ReplicaId, demand: RequestDemand) -> None:
+        self.entries.append((replica_id, demand))
+        self.totals[replica_id] = self.totals.get(replica_id, NOTHING_SENT).plus(demand)
+
+
+class SentTally(Mapping[ReplicaId, Sent]):
+    """What was sent each replica: an immutable mapping whose `plus` costs O(1), not a
+    copy of every replica sent to so far (which grows with the cluster). Versions share
+    one log; a version that is not the log's latest (an older router state reused)
+    replays its prefix."""
+
+    __slots__ = ("_log", "_length")
+
+    def __init__(self, log: _SentLog | None = None, length: int = 0):
+        self._log = log if log is not None else _SentLog()
+        self._length = length
+
+    def plus(self, replica_id: ReplicaId, demand: RequestDemand) -> SentTally:
+        log = self._log
+        if self._length != len(log.entries):
+            log = _SentLog(log.entries[: self._length])
+        log.append(replica_id, demand)
+        return SentTally(log, self._length + 1)
+
+    def totals(self) -> Mapping[ReplicaId, Sent]:
+        """This version's totals as a plain mapping (read it, do not change it)."""
+        if self._length == len(self._log.entries):
+            return self._log.totals
+        return _SentLog(self._log.entries[: self._length]).totals
+
+    def __getitem__(self, replica_id: ReplicaId) -> Sent:
+        return self.totals()[replica_id]
+
+    def __iter__(self):
+        return iter(self.totals())
+
+    def __len__(self) -> int:
+        return len(self.totals())
+
+    def __repr__(self) -> str:
+        return f"SentTally({dict(self.totals())!r})"
+
+
 @dataclass(frozen=True)
 class RouterState:
     """What a router carries between decisions: a round-robin cursor per role, what it sent
@@ -54,8 +106,8 @@ class RouterState:
     requests it has routed (the seed of its sampling)."""
 
     cursors: tuple[tuple[Role, int], ...] = ()
-    # Never mutated: each decision returns a state with a new mapping.
-    sent: Mapping[ReplicaId, Sent] = field(default_factory=dict)
+    # Never changes: each decision returns a state with a new tally.
+    sent: SentTally = field(default_factory=SentTally)
     num_routed: int = 0
 
     def cursor(self, role: Role) -> int:
@@ -67,9 +119,7 @@ class RouterState:
         return RouterState(tuple(sorted(cursors.items(), key=lambda kv: kv[0].value)), self.sent, self.num_routed + 1)
 
     def after_sending(self, replica_id: ReplicaId, demand: RequestDemand) -> RouterState:
-        sent = dict(self.sent)
-        sent[replica_id] = sent.get(replica_id, NOTHING_SENT).plus(demand)
-        return RouterState(self.cursors, sent, self.num_routed + 1)
+        return RouterState(self.cursors, self.sent.plus(replica_id, demand), self.num_routed + 1)
 
     def on_new_snapshot(self) -> RouterState:
         """The new snapshot counts what was sent before it."""
@@ -135,21 +185,31 @@ class LoadAwareRouter:
         serving = [r for r in _sample(candidates, self.sample_size, state.num_routed) if r.accepts_requests]
         if not serving:
             serving = _serving(candidates, role)
-        sent = state.sent
-
-        def sent_to(r: ReplicaSnapshot) -> Sent:
-            return sent.get(r.replica_id, NOTHING_SENT)
-
+        sent = state.sent.totals()
         if role == Role.DECODE:
-            chosen = max(serving, key=lambda r: (decode_freeness(r, demand, sent_to(r)), _reverse_id(r)))
+            chosen = max(serving, key=lambda r: (decode_freeness(r, demand, sent.get(r.replica_id, NOTHING_SENT)),
+                                                 _reverse_id(r)))
         elif role == Role.PREFILL:
-            chosen = min(serving, key=lambda r: (prefill_backlog(r, sent_to(r)), r.replica_id))
+            chosen = min(serving, key=lambda r: (prefill_backlog(r, sent.get(r.replica_id, NOTHING_SENT)), r.replica_id))
         else:
-            # Colocated replicas both prefill and decode: queued prompt work first, then
-            # decode headroom.
-            chosen = min(serving, key=lambda r: (prefill_backlog(r, sent_to(r)), -decode_freeness(r, demand, sent_to(r)),
-                                                 r.replica_id))
+            chosen = _least_loaded_colocated(serving, demand, sent)
         return chosen.replica_id, state.after_sending(chosen.replica_id, demand)
+
+
+def _least_loaded_colocated(serving: Sequence[ReplicaSnapshot], demand: RequestDemand,
+                            sent: Mapping[ReplicaId, Sent]) -> ReplicaSnapshot:
+    """Colocated replicas both prefill and decode: least queued prompt work first, then the
+    most decode headroom (Llumnix freeness), then the lowest id. Written out rather than
+    as a sort key: it runs for every request."""
+    best, best_key = serving[0], None
+    for r in serving:
+        s = sent.get(r.replica_id, NOTHING_SENT)
+        free = r.num_free_blocks - s.num_blocks - r.num_head_waiting_blocks - demand.num_blocks
+        key = (r.num_queued_prompt_tokens + s.num_prompt_tokens,
+               -free / (r.num_running + r.num_waiting + s.num_requests + 1), r.replica_id)
+        if best_key is None or key < best_key:
+            best, best_key = r, key
+    return best
 
 
 def _sample(candidates: Sequence[ReplicaSnapshot], size: int | None, seed: int) -> Sequence[ReplicaSnapshot]:
@@ -161,7 +221,7 @@ def _sample(candidates: Sequence[ReplicaSnapshot], size: int | None, seed: int) 
 
 
 def _reverse_id(replica: ReplicaSnapshot) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in replica.replica_id)
+    return tuple(-ord(c) for c in str(replica.replica_id))  # str(): mypyc cannot iterate a NewType
 
 
 def make_router(kind: RoutingPolicyKind, sample_size: int | None = 16) -> Router:

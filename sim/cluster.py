@@ -10,6 +10,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from policies.repair import InFlight, decide_repairs
 from policies.routing import RequestDemand, RouterState, make_router
@@ -149,6 +150,9 @@ class Simulation:
         horizon = until_s if until_s is not None else float("inf")
         unfinished = len(records)
         events = self._events
+        at: float
+        kind: Event
+        payload: Any
         while (events or next_record is not None) and unfinished:
             if next_record is not None and (not events or next_record.request.arrival_s + overhead_s <= events[0][0]):
                 at, kind, payload = next_record.request.arrival_s + overhead_s, Event.ARRIVE, next_record
@@ -209,7 +213,7 @@ class Simulation:
         else:
             version = replica.version
             ends = replica.cut_short(self.now_s)
-            if replica.version != version:
+            if replica.version != version and ends is not None:
                 self._push(ends, Event.STEP_END, (replica.replica_id, replica.version))
 
     def deliver_later(self, at_s: float, replica_id: ReplicaId, seq: SimSequence) -> None:
@@ -289,7 +293,7 @@ class Simulation:
 
     def _tick(self) -> None:
         snapshot = self.snapshot()
-        actions = list(decide_repairs(snapshot, InFlight()))
+        actions: list[Any] = list(decide_repairs(snapshot, InFlight()))
         plan = self.config.migration
         if plan is not None:
             actions += decide_migrations(snapshot, self.executor.migration_history(self.now_s), plan.settings,
@@ -297,7 +301,7 @@ class Simulation:
         if self.clocks is not None:
             supported = {pool: self.device.supported_clocks_mhz for pool in self._pool_roles}
             actions += self.clocks.decide(snapshot, supported)
-        if self.burst is not None:
+        if self.burst is not None and self.config.burst is not None:
             weight_blocks = {pool: self.burst.weight_blocks for pool in self._pool_roles}
             actions += decide_burst(snapshot, self.burst.state(), weight_blocks, self.config.burst.settings)
             self.burst.observed(snapshot)

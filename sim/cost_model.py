@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 CALIBRATIONS_DIR = Path(__file__).parent / "calibrations"
 
@@ -48,7 +48,7 @@ class StepCostModel:
     # 0 for an engine profiled alone).
     request_overhead_s: float = 0.0
 
-    def step_s(self, prefill_tokens: int, decode_seqs: int, context_tokens: int, clock_frac: float = 1.0) -> float:
+    def step_s(self, prefill_tokens: float, decode_seqs: int, context_tokens: int, clock_frac: float = 1.0) -> float:
         """One step at `clock_frac` of the maximum clock."""
         prefill = self.prefill_token_s * prefill_tokens
         rest = self.base_s + self.decode_seq_s * decode_seqs + self.context_token_s * context_tokens

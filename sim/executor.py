@@ -82,7 +82,7 @@ class SimExecutor:
         if source is None or seq not in source.running:
             self._in_flight.pop(id(seq), None)  # finished, or its replica went away
             return
-        seq.stopping = True
+        source.request_stop(seq)
         self._sim.wake(source)
 
     def migrated_out(self, seq: SimSequence) -> None:

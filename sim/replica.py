@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from actors.latency_window import LatencyWindow
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
+from sim.config import TransferLink
 from sim.cost_model import StepCostModel
 from sim.sequence import SimSequence
 
@@ -72,13 +74,16 @@ class SimReplica:
         # Serving as a pipeline stage after a parameter drop: steps stretch by
         # `pipeline_factor` (bubbles) plus hidden-state hops, set by the simulation.
         self.pipeline_factor = 1.0
-        self.pipeline_hop_s = None  # tokens in a step -> seconds of hops
+        self.pipeline_hop_s: Callable[[int], float] | None = None  # tokens in a step -> seconds of hops
         # KV offload (swap) preemption instead of recompute: preempted KV goes to host
         # memory over this link and comes back when readmitted; the copies block the step.
-        self.offload_link = None
+        self.offload_link: TransferLink | None = None
         self._offload_copy_s = 0.0
         # The (macro-)step in progress: its sequences and chunks, start, length in steps.
-        self._batch: list[tuple[SimSequence, int]] = []
+        # The sequences of the step in progress; each one's `chunk` is what it computes.
+        self._batch: list[SimSequence] = []
+        # A migration asked a running sequence to stop at the next step boundary.
+        self._stop_requested = False
         self._step_started_s = 0.0
         self._num_steps = 0
         self._context_at_start = 0
@@ -107,10 +112,10 @@ class SimReplica:
             self.step_ends_s = None
             return None
         prefill_tokens = context = num_prefilling = 0
-        for seq, chunk in self._batch:
-            context += seq.num_computed + chunk
+        for seq in self._batch:
+            context += seq.num_computed + seq.chunk
             if seq.num_computed < seq.target_tokens:
-                prefill_tokens += chunk
+                prefill_tokens += seq.chunk
                 num_prefilling += 1
         num_steps = 1
         if not num_prefilling and (not self.waiting or admission_stuck) and not self._offload_copy_s:
@@ -155,6 +160,7 @@ class SimReplica:
         """Applies the (macro-)step that just ended."""
         outcome = StepOutcome()
         ended_s = self.step_ends_s
+        assert ended_s is not None, "no step in progress"
         duration = ended_s - self._step_started_s
         self.busy_s += duration
         self.dynamic_j += duration * self.dynamic_w
@@ -163,20 +169,21 @@ class SimReplica:
         if n > 1:
             outcome.decode_runs.append(DecodeRun(*self._decode_step_series(), n, len(self._batch)))
         else:
-            decoding = sum(1 for seq, _ in self._batch if not seq.in_prefill)
+            decoding = sum(1 for seq in self._batch if not seq.in_prefill)
             if decoding:
                 outcome.decode_runs.append(DecodeRun(duration, 0.0, 1, decoding))
         advance = n > 1
-        for seq, chunk in self._batch:
+        for seq in self._batch:
             was_prefilling = seq.num_computed < seq.target_tokens
-            seq.num_computed += n if advance else chunk
+            seq.num_computed += n if advance else seq.chunk
             if seq.num_computed < seq.target_tokens:
                 continue  # a chunk of a longer prompt
-            seq.num_generated += n
-            if seq.record.first_token_s < 0:
+            # Read the record (a pointer away, rarely in cache) only for a first token.
+            if seq.num_generated == 0 and seq.record.first_token_s < 0:
                 seq.record.first_token_s = ended_s
                 outcome.ttfts.append(ended_s - seq.record.request.arrival_s)
-            if seq.num_generated >= seq.record.request.output_tokens:
+            seq.num_generated += n
+            if seq.num_generated >= seq.output_tokens:
                 seq.record.finish_s = ended_s
                 self._drop(seq)
                 outcome.finished.append(seq)
@@ -186,9 +193,11 @@ class SimReplica:
             elif seq.stopping:
                 self._drop(seq)
                 outcome.stopped.append(seq)
-        for seq in [s for s in self.running if s.stopping]:
-            self._drop(seq)  # stopped while prefilling a chunk: moves with its computed KV
-            outcome.stopped.append(seq)
+        if self._stop_requested:
+            self._stop_requested = False
+            for seq in [s for s in self.running if s.stopping]:
+                self._drop(seq)  # stopped while prefilling a chunk: moves with its computed KV
+                outcome.stopped.append(seq)
         self._batch = []
         self.step_ends_s = None
         return outcome
@@ -205,6 +214,11 @@ class SimReplica:
             for run in outcome.decode_runs:
                 for duration in run.step_durations():
                     self.latencies.add_itl(now_s, duration, run.num_tokens)
+
+    def request_stop(self, seq: SimSequence) -> None:
+        """A migration's copy caught up: `seq` stops here at the next step boundary."""
+        seq.stopping = True
+        self._stop_requested = True
 
     def take_running(self, newest: int) -> list[SimSequence]:
         """The `newest` running sequences that are decoding and not already moving."""
@@ -233,12 +247,12 @@ class SimReplica:
                 "itl_p90_s": itl.p90_s, "num_itl_samples": itl.num_samples}
 
     # ---- vLLM v1's scheduling ----
-    def _schedule(self) -> tuple[list[tuple[SimSequence, int]], bool]:
-        """The step's batch (sequence, tokens it computes), and whether admission is stuck
-        (a waiting request fits no more)."""
+    def _schedule(self) -> tuple[list[SimSequence], bool]:
+        """The step's batch (each sequence's `chunk` set to the tokens it computes), and
+        whether admission is stuck (a waiting request fits no more)."""
         budget = self.cost.max_num_batched_tokens
         block_size = self.cost.block_size
-        batch: list[tuple[SimSequence, int]] = []
+        batch: list[SimSequence] = []
         preempted = False
         i = 0
         running = self.running
@@ -246,7 +260,8 @@ class SimReplica:
             seq = running[i]
             chunk = seq.next_chunk(budget)
             if seq.num_computed + chunk <= seq.num_blocks * block_size:  # fits its blocks
-                batch.append((seq, chunk))
+                seq.chunk = chunk
+                batch.append(seq)
                 budget -= chunk
                 i += 1
                 continue
@@ -257,7 +272,8 @@ class SimReplica:
                 if victim is seq:
                     break
             else:
-                batch.append((seq, chunk))
+                seq.chunk = chunk
+                batch.append(seq)
                 budget -= chunk
                 i += 1
                 continue
@@ -274,10 +290,11 @@ class SimReplica:
                 break
             self.waiting.popleft()
             self.running.append(seq)
-            if seq.offloaded:
+            if seq.offloaded and self.offload_link is not None:
                 seq.offloaded = False
                 self._offload_copy_s += self.offload_link.seconds(self.cost.kv_bytes(seq.num_computed))
-            batch.append((seq, chunk))
+            seq.chunk = chunk
+            batch.append(seq)
             budget -= chunk
         return batch, stuck
 
@@ -315,7 +332,7 @@ class SimReplica:
         """Steps until the first sequence finishes, or fewer if the blocks run out first."""
         if self.migrating():
             return 1
-        lo, hi = 1, min(seq.remaining_output for seq, _ in self._batch)
+        lo, hi = 1, min(seq.remaining_output for seq in self._batch)
         if self.max_run_steps is not None:
             hi = min(hi, self.max_run_steps)
         if self._extra_blocks(hi) <= self.free_blocks:
@@ -329,19 +346,19 @@ class SimReplica:
         return lo
 
     def migrating(self) -> bool:
-        return any(seq.stopping for seq, _ in self._batch)
+        return any(seq.stopping for seq in self._batch)
 
     def _extra_blocks(self, num_steps: int) -> int:
         bs = self.cost.block_size
-        return sum(max(0, (seq.num_computed + num_steps + bs - 1) // bs - seq.num_blocks) for seq, _ in self._batch)
+        return sum(max(0, (seq.num_computed + num_steps + bs - 1) // bs - seq.num_blocks) for seq in self._batch)
 
     def _reserve_blocks(self, num_steps: int) -> None:
-        for seq, _ in self._batch:
+        for seq in self._batch:
             self._grow(seq, seq.num_computed + num_steps)
 
     def _release_blocks(self, num_steps: int) -> None:
         bs = self.cost.block_size
-        for seq, _ in self._batch:
+        for seq in self._batch:
             keep = _blocks(seq.num_computed + num_steps, bs)
             if seq.num_blocks > keep:
                 self.free_blocks += seq.num_blocks - keep

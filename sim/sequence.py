@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sim.workload import SimRequest
 
@@ -52,6 +52,14 @@ class SimSequence:
     stopping: bool = False
     # Preempted with its KV offloaded to host memory: readmitted by loading it back.
     offloaded: bool = False
+    # Tokens it computes in the step in progress (set by the scheduler).
+    chunk: int = 0
+    # The request's output length, kept beside the counters the scheduler reads every step
+    # (the record is a pointer away).
+    output_tokens: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.output_tokens = self.record.request.output_tokens
 
     @classmethod
     def fresh(cls, record: RequestRecord) -> SimSequence:
@@ -63,7 +71,7 @@ class SimSequence:
 
     @property
     def remaining_output(self) -> int:
-        return self.record.request.output_tokens - self.num_generated
+        return self.output_tokens - self.num_generated
 
     @property
     def num_tokens(self) -> int:

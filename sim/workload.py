@@ -84,20 +84,24 @@ def tiled_trace(name: str, rate_per_s: float, duration_s: float, seed: int = 0,
                 max_total: int | None = None) -> list[SimRequest]:
     """The trace's arrival pattern at an average of `rate_per_s`, for the first
     `duration_s` seconds: copies of the trace, each shifted in time by a random offset
-    (wrapping around its span), superposed and thinned to the rate. Lengths stay with
-    their requests."""
+    (wrapping around its span), superposed and thinned to the rate, and repeated when
+    `duration_s` is longer than the trace. Lengths stay with their requests."""
     arrivals, prompts, outputs = read_trace(name)
     span = float(arrivals[-1]) or 1.0
     base_rate = len(arrivals) / span
     copies = max(1, int(np.ceil(rate_per_s / base_rate)))
     rng = np.random.default_rng(seed)
     keep = rate_per_s / (base_rate * copies)
+    # Longer than the trace: the pattern repeats, thinned afresh each period.
+    periods = max(1, int(np.ceil(duration_s / span)))
     times, index = [], []
     for _ in range(copies):
         shifted = (arrivals + rng.uniform(0, span)) % span
-        mask = (rng.random(len(arrivals)) < keep) & (shifted < duration_s)
-        times.append(shifted[mask])
-        index.append(np.flatnonzero(mask))
+        for period in range(periods):
+            at = shifted + period * span
+            mask = (rng.random(len(arrivals)) < keep) & (at < duration_s)
+            times.append(at[mask])
+            index.append(np.flatnonzero(mask))
     times_all, index_all = np.concatenate(times), np.concatenate(index)
     order = np.argsort(times_all, kind="stable")
     return [SimRequest(n, float(times_all[i]),

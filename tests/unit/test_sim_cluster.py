@@ -13,7 +13,8 @@ from sim.cluster import Simulation
 from sim.config import LINKS, MigrationPlan, SimConfig, SimPool
 from sim.cost_model import StepCostModel
 from sim.metrics import SLO
-from sim.workload import SimRequest, burst_steps, fixed_lengths, from_trace, gamma_arrivals, tiled_trace, trace_lengths
+from sim.workload import (SimRequest, burst_steps, fixed_lengths, from_trace, gamma_arrivals, read_trace,
+                          tiled_trace, trace_lengths)
 from tests.unit.sim_fixtures import cost_model
 
 COLOCATED_2 = (SimPool("colocated", Role.COLOCATED, 2),)
@@ -108,6 +109,16 @@ def test_a_tiled_trace_has_the_asked_average_rate():
     requests = tiled_trace("conv", rate_per_s=50.0, duration_s=600.0, seed=2)
     assert len(requests) / 600.0 == pytest.approx(50.0, rel=0.15)
     assert all(0 <= r.arrival_s < 600.0 for r in requests)
+    assert [r.arrival_s for r in requests] == sorted(r.arrival_s for r in requests)
+
+
+def test_a_tiled_trace_longer_than_the_trace_repeats_its_pattern_to_the_end():
+    span = float(read_trace("conv")[0][-1])
+    requests = tiled_trace("conv", rate_per_s=20.0, duration_s=2.5 * span, seed=2)
+    assert len(requests) / (2.5 * span) == pytest.approx(20.0, rel=0.15)
+    last_half_period = [r for r in requests if r.arrival_s >= 2.0 * span]
+    assert len(last_half_period) / (0.5 * span) == pytest.approx(20.0, rel=0.25)
+    assert max(r.arrival_s for r in requests) < 2.5 * span
     assert [r.arrival_s for r in requests] == sorted(r.arrival_s for r in requests)
 
 
