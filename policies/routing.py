@@ -47,11 +47,13 @@ NOTHING_SENT = Sent()
 
 
 class _SentLog:
-    """Append-only log of routing decisions with running totals per replica."""
+    """Routing decisions appended to the totals in `base`, with running totals."""
 
-    def __init__(self, entries: Sequence[tuple[ReplicaId, RequestDemand]] = ()):
+    def __init__(self, base: Mapping[ReplicaId, Sent] | None = None,
+                 entries: Sequence[tuple[ReplicaId, RequestDemand]] = ()):
+        self.base: dict[ReplicaId, Sent] = dict(base or {})
         self.entries: list[tuple[ReplicaId, RequestDemand]] = []
-        self.totals: dict[ReplicaId, Sent] = {}
+        self.totals: dict[ReplicaId, Sent] = dict(self.base)
         for replica_id, demand in entries:
             self.append(replica_id, demand)
 
@@ -59,14 +61,20 @@ class _SentLog:
         self.entries.append((replica_id, demand))
         self.totals[replica_id] = self.totals.get(replica_id, NOTHING_SENT).plus(demand)
 
+    def prefix(self, length: int) -> _SentLog:
+        return _SentLog(self.base, self.entries[:length])
+
 
 class SentTally(Mapping[ReplicaId, Sent]):
     """What was sent each replica: an immutable mapping whose `plus` costs O(1), not a
     copy of every replica sent to so far (which grows with the cluster). Versions share
     one log; a version that is not the log's latest (an older router state reused)
-    replays its prefix."""
+    replays its prefix. A log longer than MAX_ENTRIES starts over from its totals, so an
+    ingress that goes long without a new snapshot holds one entry per replica, not one
+    per request."""
 
     __slots__ = ("_log", "_length")
+    MAX_ENTRIES = 4096
 
     def __init__(self, log: _SentLog | None = None, length: int = 0):
         self._log = log if log is not None else _SentLog()
@@ -75,15 +83,17 @@ class SentTally(Mapping[ReplicaId, Sent]):
     def plus(self, replica_id: ReplicaId, demand: RequestDemand) -> SentTally:
         log = self._log
         if self._length != len(log.entries):
-            log = _SentLog(log.entries[: self._length])
+            log = log.prefix(self._length)
+        elif self._length >= self.MAX_ENTRIES:
+            log = _SentLog(log.totals)
         log.append(replica_id, demand)
-        return SentTally(log, self._length + 1)
+        return SentTally(log, len(log.entries))
 
     def totals(self) -> Mapping[ReplicaId, Sent]:
         """This version's totals as a plain mapping (read it, do not change it)."""
         if self._length == len(self._log.entries):
             return self._log.totals
-        return _SentLog(self._log.entries[: self._length]).totals
+        return self._log.prefix(self._length).totals
 
     def __getitem__(self, replica_id: ReplicaId) -> Sent:
         return self.totals()[replica_id]

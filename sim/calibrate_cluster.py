@@ -11,7 +11,10 @@ coefficients, so the simulator predicts what a client of this machine measures.
   time to first token is the request overhead plus one prefill step. Fit, given the decode
   fit: per prefill token and the request overhead.
 
-    .venv/bin/python -m sim.calibrate_cluster --model tiny [--out sim/calibrations/cluster-tiny.yaml]
+The fit minimizes relative errors. The samples are kept in
+bench/results/calibration-cluster-<model>.json; `--refit` fits them again without measuring.
+
+    .venv/bin/python -m sim.calibrate_cluster --model tiny [--out sim/calibrations/cluster-tiny.yaml] [--refit]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import platform
 import random
 import statistics
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,8 @@ PREFILL_LENGTHS = (32, 128, 256, 512, 1024, 1536)
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32)
 DECODE_CONTEXTS = (64, 512, 1024)
 OUTPUT_TOKENS = 48
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = ROOT / "bench" / "results"
 
 
 async def measure(model: str, repeats: int, cpu_threads: int) -> tuple[list[StepSample], list[tuple[int, float]], dict]:
@@ -82,12 +87,26 @@ async def measure(model: str, repeats: int, cpu_threads: int) -> tuple[list[Step
 
 
 def fit(decode: list[StepSample], prefill: list[tuple[int, float]]) -> tuple[float, float, float, float, float]:
-    """(base, per prefill token, per decode sequence, per context token, request overhead)."""
-    base, _, per_seq, per_context = fit_coefficients(decode)
+    """(base, per prefill token, per decode sequence, per context token, request overhead),
+    fit to relative errors: the simulator is judged on percent error at every load."""
+    base, _, per_seq, per_context = fit_coefficients(decode, relative=True)
     lengths = np.array([p for p, _ in prefill], dtype=float)
-    rest = np.array([t for _, t in prefill]) - base - per_context * lengths
-    slope, intercept = np.polyfit(lengths, rest, 1)
+    ttfts = np.array([t for _, t in prefill])
+    rest = ttfts - base - per_context * lengths
+    slope, intercept = np.polyfit(lengths, rest, 1, w=1.0 / ttfts)
     return base, max(0.0, float(slope)), per_seq, per_context, max(0.0, float(intercept))
+
+
+def save_samples(path: Path, decode: list[StepSample], prefill: list[tuple[int, float]], engine: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"decode": [asdict(s) for s in decode], "prefill": prefill, "engine": engine},
+                               indent=1) + "\n")
+
+
+def load_samples(path: Path) -> tuple[list[StepSample], list[tuple[int, float]], dict]:
+    data = json.loads(path.read_text())
+    return ([StepSample(**s) for s in data["decode"]], [(int(p), float(t)) for p, t in data["prefill"]],
+            data["engine"])
 
 
 def main() -> None:
@@ -96,17 +115,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu-threads", type=int, default=1, help="OpenMP threads of the engine")
     parser.add_argument("--out", help="calibration file (default sim/calibrations/cluster-<model>.yaml)")
+    parser.add_argument("--refit", action="store_true",
+                        help="fit the samples the last measurement saved instead of measuring again")
     args = parser.parse_args()
-
-    import ray
 
     from orchestrator.models import resolve_model
 
     model_path = Path(resolve_model(args.model))
-    ray.init(include_dashboard=False, log_to_driver=False, namespace="sim-calibration")
-    print("measuring on a one-replica cluster ...", flush=True)
-    decode, prefill, engine = asyncio.run(measure(args.model, args.repeats, args.cpu_threads))
-    ray.shutdown()
+    samples_file = SAMPLES_DIR / f"calibration-cluster-{model_path.name}.json"
+    if args.refit:
+        decode, prefill, engine = load_samples(samples_file)
+    else:
+        import ray
+
+        ray.init(include_dashboard=False, log_to_driver=False, namespace="sim-calibration")
+        print("measuring on a one-replica cluster ...", flush=True)
+        decode, prefill, engine = asyncio.run(measure(args.model, args.repeats, args.cpu_threads))
+        ray.shutdown()
+        save_samples(samples_file, decode, prefill, engine)
     base, per_prefill, per_seq, per_context, overhead = fit(decode, prefill)
     name = Path(args.out).stem if args.out else f"cluster-{model_path.name}"
     model = StepCostModel(
@@ -121,7 +147,8 @@ def main() -> None:
     errors += [abs(overhead + model.step_s(p, 0, p) - t) / t for p, t in prefill]
     source = (f"measured on the serving path: a one-replica Tide cluster (vLLM {_vllm_version()} in a Ray actor, "
               f"front door token client) on CPU ({platform.machine()}, {os.cpu_count()} cores, {engine['threads']} "
-              f"engine threads), model {model_path.name}; python -m sim.calibrate_cluster --model {args.model}; "
+              f"engine threads), model {model_path.name}; python -m sim.calibrate_cluster --model {args.model} "
+              f"(samples: {samples_file.relative_to(ROOT)}); relative-error fit, "
               f"{len(errors)} samples, median fit error {statistics.median(errors) * 100:.1f} %")
     model = replace(model, source=source)
     out = Path(args.out) if args.out else CALIBRATIONS_DIR / f"{name}.yaml"

@@ -104,11 +104,15 @@ class StepSample:
     step_s: float
 
 
-def fit_coefficients(samples: list[StepSample]) -> tuple[float, float, float, float]:
+def fit_coefficients(samples: list[StepSample], relative: bool = False) -> tuple[float, float, float, float]:
     """Least-squares (base, per prefill token, per decode sequence, per context token),
-    each kept non-negative (a negative cost is noise, refit without that term)."""
+    each kept non-negative (a negative cost is noise, refit without that term).
+    `relative`: minimize relative rather than absolute errors, so the long steps of wide
+    batches do not outweigh the short ones a light load runs."""
     x = np.array([[1.0, s.prefill_tokens, s.decode_seqs, s.context_tokens] for s in samples])
     y = np.array([s.step_s for s in samples])
+    if relative:
+        x, y = x / y[:, None], np.ones_like(y)
     active = list(range(4))
     while True:
         coef, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)

@@ -10,6 +10,8 @@ from policies.routing import (
     RequestDemand,
     RoundRobinRouter,
     RouterState,
+    Sent,
+    SentTally,
     decode_freeness,
 )
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
@@ -85,6 +87,27 @@ def test_load_aware_spreads_a_burst_between_two_snapshots():
     first, state = router.choose(prefill, Role.PREFILL, DEMAND, RouterState())
     second, _ = router.choose(prefill, Role.PREFILL, DEMAND, state)
     assert first != second
+
+
+def test_a_sent_tally_is_a_value_each_version_keeps_its_counts():
+    d0, d1 = ReplicaId("d-0"), ReplicaId("d-1")
+    one = SentTally().plus(d0, DEMAND)
+    two = one.plus(d0, DEMAND)
+    branch = one.plus(d1, DEMAND)  # from an older version: its own log from there on
+    three = two.plus(d1, DEMAND)
+    assert dict(one) == {d0: Sent(1, 64, 2)}
+    assert dict(two) == {d0: Sent(2, 128, 4)}
+    assert dict(branch) == {d0: Sent(1, 64, 2), d1: Sent(1, 64, 2)}
+    assert dict(three) == {d0: Sent(2, 128, 4), d1: Sent(1, 64, 2)}
+    assert dict(one) == {d0: Sent(1, 64, 2)} and len(two) == 1
+
+
+def test_a_long_sent_tally_starts_over_from_its_totals_and_keeps_the_counts():
+    tally, ids = SentTally(), [ReplicaId(f"d-{i}") for i in range(3)]
+    for n in range(SentTally.MAX_ENTRIES + 10):
+        tally = tally.plus(ids[n % 3], RequestDemand(1, 1))
+    assert sum(s.num_requests for s in tally.values()) == SentTally.MAX_ENTRIES + 10
+    assert tally._length < SentTally.MAX_ENTRIES  # the log holds the totals, not every decision
 
 
 def _pool(loads: list[int]) -> list:

@@ -130,6 +130,21 @@ def test_the_fit_recovers_known_coefficients():
     samples = [StepSample(p, d, c, cost.step_s(p, d, c)) for p, d, c in points]
     assert fit_coefficients(samples) == pytest.approx(
         (cost.base_s, cost.prefill_token_s, cost.decode_seq_s, cost.context_token_s), rel=1e-6)
+    assert fit_coefficients(samples, relative=True) == pytest.approx(
+        (cost.base_s, cost.prefill_token_s, cost.decode_seq_s, cost.context_token_s), rel=1e-6)
+
+
+def test_the_relative_fit_weighs_short_steps_as_much_as_long_ones():
+    """Two regimes no single line fits: the relative fit keeps the short steps' percent
+    errors small, where the absolute fit sacrifices them to the long steps."""
+    samples = [StepSample(0, d, 0, 0.010 + 0.001 * d) for d in (1, 2, 3)]
+    samples += [StepSample(0, d, 0, 0.002 * d) for d in (64, 96, 128)]
+
+    def worst_short_error(coefficients):
+        base, _, per_seq, _ = coefficients
+        return max(abs(base + per_seq * s.decode_seqs - s.step_s) / s.step_s for s in samples[:3])
+
+    assert worst_short_error(fit_coefficients(samples, relative=True)) < worst_short_error(fit_coefficients(samples))
 
 
 def test_a_lower_clock_stretches_the_compute_bound_share():
