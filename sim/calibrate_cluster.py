@@ -67,10 +67,12 @@ async def measure(model: str, repeats: int, cpu_threads: int) -> tuple[list[Step
     try:
         for _ in range(3):
             await timed_request(client, 64, 8, rng)  # warm-up
+        print(f"  prefills of {PREFILL_LENGTHS} tokens ...", flush=True)
         for length in PREFILL_LENGTHS:
             for _ in range(repeats):
                 prefill.append((length, (await timed_request(client, length, 1, rng)).ttft_s))
         for context in DECODE_CONTEXTS:
+            print(f"  decode batches {DECODE_BATCHES} at context {context} ...", flush=True)
             for batch in DECODE_BATCHES:
                 for _ in range(repeats):
                     timed = await asyncio.gather(*(timed_request(client, context, OUTPUT_TOKENS, rng)
@@ -95,6 +97,13 @@ def fit(decode: list[StepSample], prefill: list[tuple[int, float]]) -> tuple[flo
     rest = ttfts - base - per_context * lengths
     slope, intercept = np.polyfit(lengths, rest, 1, w=1.0 / ttfts)
     return base, max(0.0, float(slope)), per_seq, per_context, max(0.0, float(intercept))
+
+
+def fits_the_cache(sample: StepSample, capacity_tokens: int) -> bool:
+    """Whether the sample's batch ran whole: B requests of context C and OUTPUT_TOKENS
+    outputs need B x (C + OUTPUT_TOKENS) tokens of KV; a wider batch is preempted and
+    recomputed, and its time per token measures that, not a B-wide step."""
+    return sample.context_tokens + sample.decode_seqs * (OUTPUT_TOKENS - OUTPUT_TOKENS // 2) <= capacity_tokens
 
 
 def save_samples(path: Path, decode: list[StepSample], prefill: list[tuple[int, float]], engine: dict) -> None:
@@ -133,6 +142,10 @@ def main() -> None:
         decode, prefill, engine = asyncio.run(measure(args.model, args.repeats, args.cpu_threads))
         ray.shutdown()
         save_samples(samples_file, decode, prefill, engine)
+    capacity = engine["num_blocks"] * engine["block_size"]
+    whole = [sample for sample in decode if fits_the_cache(sample, capacity)]
+    print(f"{len(whole)} of {len(decode)} decode samples ran their whole batch ({capacity} KV tokens)", flush=True)
+    decode = whole
     base, per_prefill, per_seq, per_context, overhead = fit(decode, prefill)
     name = Path(args.out).stem if args.out else f"cluster-{model_path.name}"
     model = StepCostModel(
