@@ -79,8 +79,8 @@ class SimReplica:
         # memory over this link and comes back when readmitted; the copies block the step.
         self.offload_link: TransferLink | None = None
         self._offload_copy_s = 0.0
-        # The (macro-)step in progress: its sequences and chunks, start, length in steps.
-        # The sequences of the step in progress; each one's `chunk` is what it computes.
+        # The (macro-)step in progress: its sequences (each one's `chunk` is what it
+        # computes), start, length in steps.
         self._batch: list[SimSequence] = []
         # A migration asked a running sequence to stop at the next step boundary.
         self._stop_requested = False
@@ -194,10 +194,11 @@ class SimReplica:
                 self._drop(seq)
                 outcome.stopped.append(seq)
         if self._stop_requested:
-            self._stop_requested = False
             for seq in [s for s in self.running if s.stopping]:
                 self._drop(seq)  # stopped while prefilling a chunk: moves with its computed KV
                 outcome.stopped.append(seq)
+            # One preempted since the stop was asked stops once it runs again.
+            self._stop_requested = any(s.stopping for s in self.waiting)
         self._batch = []
         self.step_ends_s = None
         return outcome
