@@ -89,8 +89,7 @@ def build(root: Path = ROOT, quiet: bool = False) -> NativeBuild:
     done = subprocess.run(command, cwd=staging, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"mypyc failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    # Keep only the extensions: a leftover .py copy next to one would shadow nothing, but
-    # the sources belong to the repository.
+    # Keep only the extensions; the sources stay in the repository.
     shutil.rmtree(staging / "build", ignore_errors=True)
     shutil.rmtree(staging / ".mypy_cache", ignore_errors=True)
     for module in HOT_MODULES:

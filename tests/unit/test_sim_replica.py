@@ -154,3 +154,15 @@ def test_a_lower_clock_stretches_the_compute_bound_share():
     # Half the clock: the prefill part 0.1 + 0.9 * 2, the rest 0.75 + 0.25 * 2.
     assert cost.step_s(100, 4, 1000, clock_frac=0.5) == pytest.approx(prefill * 1.9 + rest * 1.25)
     assert cost.decode_run_s(3, 4, 1000) == pytest.approx(sum(cost.step_s(0, 4, 1000 + 4 * (k + 1)) for k in range(3)))
+
+
+def test_calibration_keeps_only_decode_samples_whose_batch_fit_the_kv_cache():
+    from sim.calibrate_cluster import OUTPUT_TOKENS, fits_the_cache
+
+    def sample(batch: int, context: int) -> StepSample:  # as sim.calibrate_cluster records one
+        return StepSample(0, batch, batch * (context + OUTPUT_TOKENS // 2), 0.05)
+
+    capacity = 16 * (1024 + OUTPUT_TOKENS)
+    assert fits_the_cache(sample(16, 1024), capacity)
+    assert not fits_the_cache(sample(17, 1024), capacity)
+    assert fits_the_cache(sample(32, 64), capacity)
