@@ -23,22 +23,26 @@ class Timed:
     num_tokens: int
 
 
-async def timed_request(client: TokenClient, prompt_len: int, output_len: int, rng: random.Random) -> Timed:
-    """A greedy request of random prompt tokens that generates exactly `output_len` tokens."""
+async def token_times(client: TokenClient, prompt_len: int, output_len: int,
+                      rng: random.Random) -> tuple[float, list[float]]:
+    """A greedy request of random prompt tokens that generates exactly `output_len` tokens:
+    when it was sent, and when each token reached the client."""
     prompt = [rng.randrange(10, 2000) for _ in range(prompt_len)]
     request = TokenRequest(uuid.uuid4().hex, prompt, SamplingParams(max_tokens=output_len, temperature=0.0,
                                                                      ignore_eos=True))
     started = time.perf_counter()
-    first = last = None
-    count = 0
+    arrivals: list[float] = []
     async for delta in client.generate(request):
-        if delta.token_ids:
-            now = time.perf_counter()
-            first = first or now
-            last = now
-            count += len(delta.token_ids)
-    tpot = (last - first) / (count - 1) if count > 1 else 0.0
-    return Timed(first - started, tpot, count)
+        now = time.perf_counter()
+        arrivals.extend(now for _ in delta.token_ids)
+    return started, arrivals
+
+
+async def timed_request(client: TokenClient, prompt_len: int, output_len: int, rng: random.Random) -> Timed:
+    started, arrivals = await token_times(client, prompt_len, output_len, rng)
+    count = len(arrivals)
+    tpot = (arrivals[-1] - arrivals[0]) / (count - 1) if count > 1 else 0.0
+    return Timed(arrivals[0] - started, tpot, count)
 
 
 async def open_loop(client: TokenClient, arrivals_s: list[float], prompt_lens: list[int], output_lens: list[int],

@@ -4,12 +4,27 @@ client sees it. What the engine-only calibration (`sim.calibrate`) leaves out â€
 replica actor, the Ray hops, the front door, and their share of the CPU â€” lands in the
 coefficients, so the simulator predicts what a client of this machine measures.
 
-- Decode: batches of B requests of context C started together; each request's time per
-  output token after the first is one step of a B-wide batch at about C + output/2 context.
-  Fit: base, per decode sequence, per context token.
+- Decode: batches of B requests of context C started together; while all B decode (after
+  the last one's first token, before the first one finishes) each token a request receives
+  is one step of a B-wide batch at about C + output/2 context. Fit: base, per decode
+  sequence, per context token.
 - Prefill: single requests of P prompt tokens and one output token, one at a time; their
   time to first token is the request overhead plus one prefill step. Fit, given the decode
-  fit: per prefill token and the request overhead.
+  fit: per prefill token, per prefill attention pair (P (P + 1) / 2 of them) and the
+  request overhead.
+- New shapes: vLLM's CPU backend builds kernels per step size on first use; single requests
+  of prompt lengths the engine has not run, each run twice: the first time's extra time to
+  first token, median over lengths. (Each prefill length above is run once before it is timed.)
+- Interference: D requests decode while short requests (32 prompt tokens, one output)
+  arrive every k of their steps. On a machine the serving path shares with the engine, each
+  request's admission, streaming and teardown take CPU time the engine's steps lose; the
+  decoders' slowdown gives that time per request (beyond the short's own prefill chunk),
+  which the simulator adds to the step a request's first chunk runs in. The shorts' time
+  to first token beyond what the simulator gives them, per running decoder, is the busy
+  admission time (the engine's frontend streams the running requests' tokens in the loop
+  that takes new requests in).
+- Speed noise: how much repeats of the same decode batch differ (a shared machine's speed
+  varies); the simulator varies each replica's speed by as much, seeded.
 
 The fit minimizes relative errors. The samples are kept in
 bench/results/calibration-cluster-<model>.json; `--refit` fits them again without measuring.
@@ -26,25 +41,67 @@ import os
 import platform
 import random
 import statistics
-from dataclasses import asdict, replace
+import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from sim.cost_model import CALIBRATIONS_DIR, StepCostModel, StepSample, fit_coefficients
+from sim.cluster_calibration_fit import (
+    INTERFERENCE_CONTEXT,
+    INTERFERENCE_SHORT_PROMPT,
+    INTERFERENCE_STEPS,
+    OUTPUT_TOKENS,
+    InterferenceSample,
+    Samples,
+    busy_admission_s,
+    fit_step_costs,
+    fits_the_cache,
+    new_shape_s,
+    request_step_s,
+    speed_noise,
+    whole_batch_step_s,
+)
+from sim.cost_model import CALIBRATIONS_DIR, StepCostModel, StepSample
 
 PREFILL_LENGTHS = (32, 128, 256, 512, 1024, 1536)
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32)
 DECODE_CONTEXTS = (64, 512, 1024)
-OUTPUT_TOKENS = 48
+# (decoders, k): short requests arrive every k decode steps of the decoders they interfere with.
+INTERFERENCE = ((1, 8), (1, 4), (1, 2), (4, 4))
+# Prompt lengths no other measurement runs, so the engine meets each first here.
+NEW_SHAPE_LENGTHS = tuple(range(201, 225, 2))
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT / "bench" / "results"
 
 
-async def measure(model: str, repeats: int, cpu_threads: int) -> tuple[list[StepSample], list[tuple[int, float]], dict]:
+async def interference_sample(client, decoders: int, every_steps: int, step_s: float,
+                              rng: random.Random) -> InterferenceSample:
+    from bench.token_load import timed_request, token_times
+
+    decoding = [asyncio.create_task(token_times(client, INTERFERENCE_CONTEXT, INTERFERENCE_STEPS + 150, rng)) for _ in range(decoders)]
+    await asyncio.sleep(40 * step_s)  # their prefill, then decoding alone
+    window_start = time.perf_counter()
+    shorts = []
+    for i in range(INTERFERENCE_STEPS // every_steps):
+        await asyncio.sleep(max(0.0, window_start + i * every_steps * step_s - time.perf_counter()))
+        shorts.append(asyncio.create_task(timed_request(client, INTERFERENCE_SHORT_PROMPT, 1, rng)))
+    short_ttfts = [timed.ttft_s for timed in await asyncio.gather(*shorts)]
+    window_end = time.perf_counter()
+    alone_s, during_s = [], []
+    for _, arrivals in await asyncio.gather(*decoding):
+        alone = [t for t in arrivals[5:] if t < window_start]
+        during = [t for t in arrivals if window_start <= t <= window_end]
+        if len(alone) < 2 or len(during) < 2 or arrivals[-1] < window_end:
+            raise RuntimeError("a decoder did not span the interference window; raise INTERFERENCE_STEPS' margin")
+        alone_s.append((alone[-1] - alone[0]) / (len(alone) - 1))
+        during_s.append((during[-1] - during[0]) / (len(during) - 1))
+    return InterferenceSample(decoders, len(shorts) / (window_end - window_start), statistics.median(alone_s),
+                              statistics.median(during_s), statistics.median(short_ttfts))
+
+
+async def measure(model: str, repeats: int, cpu_threads: int) -> Samples:
     import ray
 
-    from bench.token_load import timed_request
+    from bench.token_load import timed_request, token_times
     from orchestrator.config import ClusterConfig, EngineConfig, PoolConfig
     from orchestrator.controller import ControllerActor
     from orchestrator.models import resolve_model
@@ -64,58 +121,44 @@ async def measure(model: str, repeats: int, cpu_threads: int) -> tuple[list[Step
     rng = random.Random(0)
     decode: list[StepSample] = []
     prefill: list[tuple[int, float]] = []
+    interference: list[InterferenceSample] = []
+    new_shape: list[tuple[float, float]] = []
     try:
         for _ in range(3):
             await timed_request(client, 64, 8, rng)  # warm-up
+        print(f"  new step sizes: prompts of {NEW_SHAPE_LENGTHS[0]}..{NEW_SHAPE_LENGTHS[-1]} tokens, twice ...", flush=True)
+        for length in NEW_SHAPE_LENGTHS:
+            first, again = [(await timed_request(client, length, 1, rng)).ttft_s for _ in range(2)]
+            new_shape.append((first, again))
         print(f"  prefills of {PREFILL_LENGTHS} tokens ...", flush=True)
         for length in PREFILL_LENGTHS:
+            await timed_request(client, length, 1, rng)  # the engine's first step of this size
             for _ in range(repeats):
                 prefill.append((length, (await timed_request(client, length, 1, rng)).ttft_s))
         for context in DECODE_CONTEXTS:
             print(f"  decode batches {DECODE_BATCHES} at context {context} ...", flush=True)
             for batch in DECODE_BATCHES:
+                width = StepSample(0, batch, batch * (context + OUTPUT_TOKENS // 2), 0.0)
+                if not fits_the_cache(width, replica.num_total_blocks * config.engine.block_size):
+                    print(f"    {batch} x {context} tokens do not fit the KV cache: not measured", flush=True)
+                    continue
                 for _ in range(repeats):
-                    timed = await asyncio.gather(*(timed_request(client, context, OUTPUT_TOKENS, rng)
-                                                   for _ in range(batch)))
-                    step = statistics.median(t.tpot_s for t in timed)
+                    streams = await asyncio.gather(*(token_times(client, context, OUTPUT_TOKENS, rng)
+                                                     for _ in range(batch)))
+                    step = whole_batch_step_s([arrivals for _, arrivals in streams])
                     decode.append(StepSample(0, batch, batch * (context + OUTPUT_TOKENS // 2), step))
+        single_step_s = statistics.median(s.step_s for s in decode if s.decode_seqs == 1)
+        print(f"  interference: (decoders, short requests every k steps) {INTERFERENCE} ...", flush=True)
+        for decoders, every_steps in INTERFERENCE:
+            for _ in range(repeats):
+                interference.append(await interference_sample(client, decoders, every_steps, single_step_s, rng))
     finally:
         await client.close()
         await controller.stop.remote()
     engine = {"block_size": config.engine.block_size, "num_blocks": replica.num_total_blocks, "threads": config.engine_spec(model).cpu_threads,
               "max_num_batched_tokens": config.engine.max_num_batched_tokens,
               "max_num_seqs": config.engine.max_num_seqs}
-    return decode, prefill, engine
-
-
-def fit(decode: list[StepSample], prefill: list[tuple[int, float]]) -> tuple[float, float, float, float, float]:
-    """(base, per prefill token, per decode sequence, per context token, request overhead),
-    fit to relative errors: the simulator is judged on percent error at every load."""
-    base, _, per_seq, per_context = fit_coefficients(decode, relative=True)
-    lengths = np.array([p for p, _ in prefill], dtype=float)
-    ttfts = np.array([t for _, t in prefill])
-    rest = ttfts - base - per_context * lengths
-    slope, intercept = np.polyfit(lengths, rest, 1, w=1.0 / ttfts)
-    return base, max(0.0, float(slope)), per_seq, per_context, max(0.0, float(intercept))
-
-
-def fits_the_cache(sample: StepSample, capacity_tokens: int) -> bool:
-    """Whether the sample's batch ran whole: B requests of context C and OUTPUT_TOKENS
-    outputs need B x (C + OUTPUT_TOKENS) tokens of KV; a wider batch is preempted and
-    recomputed, and its time per token measures that, not a B-wide step."""
-    return sample.context_tokens + sample.decode_seqs * (OUTPUT_TOKENS - OUTPUT_TOKENS // 2) <= capacity_tokens
-
-
-def save_samples(path: Path, decode: list[StepSample], prefill: list[tuple[int, float]], engine: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"decode": [asdict(s) for s in decode], "prefill": prefill, "engine": engine},
-                               indent=1) + "\n")
-
-
-def load_samples(path: Path) -> tuple[list[StepSample], list[tuple[int, float]], dict]:
-    data = json.loads(path.read_text())
-    return ([StepSample(**s) for s in data["decode"]], [(int(p), float(t)) for p, t in data["prefill"]],
-            data["engine"])
+    return Samples(decode, prefill, interference, new_shape, engine)
 
 
 def main() -> None:
@@ -133,20 +176,21 @@ def main() -> None:
     model_path = Path(resolve_model(args.model))
     samples_file = SAMPLES_DIR / f"calibration-cluster-{model_path.name}.json"
     if args.refit:
-        decode, prefill, engine = load_samples(samples_file)
+        samples = Samples.load(samples_file)
     else:
         import ray
 
         ray.init(include_dashboard=False, log_to_driver=False, namespace="sim-calibration")
         print("measuring on a one-replica cluster ...", flush=True)
-        decode, prefill, engine = asyncio.run(measure(args.model, args.repeats, args.cpu_threads))
+        samples = asyncio.run(measure(args.model, args.repeats, args.cpu_threads))
         ray.shutdown()
-        save_samples(samples_file, decode, prefill, engine)
+        samples.save(samples_file)
+    decode, prefill, interference, engine = samples.decode, samples.prefill, samples.interference, samples.engine
     capacity = engine["num_blocks"] * engine["block_size"]
     whole = [sample for sample in decode if fits_the_cache(sample, capacity)]
     print(f"{len(whole)} of {len(decode)} decode samples ran their whole batch ({capacity} KV tokens)", flush=True)
     decode = whole
-    base, per_prefill, per_seq, per_context, overhead = fit(decode, prefill)
+    base, per_prefill, per_seq, per_context, overhead, per_pair = fit_step_costs(decode, prefill)
     name = Path(args.out).stem if args.out else f"cluster-{model_path.name}"
     model = StepCostModel(
         name=name, source="", base_s=base, prefill_token_s=per_prefill, decode_seq_s=per_seq,
@@ -154,20 +198,30 @@ def main() -> None:
         kv_bytes_per_token=StepCostModel.load(f"cpu-{model_path.name}").kv_bytes_per_token,
         weight_bytes=sum(p.stat().st_size for p in model_path.glob("*.safetensors")),
         max_num_batched_tokens=engine["max_num_batched_tokens"], max_num_seqs=engine["max_num_seqs"],
-        request_overhead_s=overhead,
+        request_overhead_s=overhead, prefill_pair_s=per_pair,
     )
     errors = [abs(model.step_s(s.prefill_tokens, s.decode_seqs, s.context_tokens) - s.step_s) / s.step_s for s in decode]
-    errors += [abs(overhead + model.step_s(p, 0, p) - t) / t for p, t in prefill]
+    errors += [abs(overhead + model.prefill_s(p) - t) / t for p, t in prefill]
+    per_request = request_step_s(model, interference)
     source = (f"measured on the serving path: a one-replica Tide cluster (vLLM {_vllm_version()} in a Ray actor, "
               f"front door token client) on CPU ({platform.machine()}, {os.cpu_count()} cores, {engine['threads']} "
               f"engine threads), model {model_path.name}; python -m sim.calibrate_cluster --model {args.model} "
               f"(samples: {samples_file.relative_to(ROOT)}); relative-error fit, "
-              f"{len(errors)} samples, median fit error {statistics.median(errors) * 100:.1f} %")
-    model = replace(model, source=source)
+              f"{len(errors)} samples, median fit error {statistics.median(errors) * 100:.1f} %; serving CPU per "
+              f"request from {len(interference)} interference samples, new step sizes from {len(samples.new_shape)}")
+    model = replace(model, source=source, request_step_s=per_request,
+                    request_overhead_s=max(0.0, overhead - per_request), new_shape_s=new_shape_s(samples.new_shape))
+    noise_sd, noise_period_s = speed_noise(decode)
+    model = replace(model, busy_admission_s=busy_admission_s(model, interference), speed_noise_sd=noise_sd,
+                    speed_noise_period_s=noise_period_s)
     out = Path(args.out) if args.out else CALIBRATIONS_DIR / f"{name}.yaml"
     model.save(out)
     print(json.dumps({"base_ms": base * 1e3, "per_prefill_token_us": per_prefill * 1e6, "per_decode_seq_us": per_seq * 1e6,
-                      "per_context_token_us": per_context * 1e6, "request_overhead_ms": overhead * 1e3,
+                      "per_context_token_us": per_context * 1e6, "request_overhead_ms": model.request_overhead_s * 1e3,
+                      "per_prefill_pair_ns": per_pair * 1e9,
+                      "request_step_ms": per_request * 1e3, "new_shape_ms": model.new_shape_s * 1e3,
+                      "busy_admission_ms": model.busy_admission_s * 1e3, "speed_noise_sd": noise_sd,
+                      "speed_noise_period_s": noise_period_s,
                       "median_fit_error": statistics.median(errors)}, indent=2))
     print(f"wrote {out}")
 

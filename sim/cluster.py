@@ -12,18 +12,18 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from policies.repair import InFlight, decide_repairs
-from policies.routing import RequestDemand, RouterState, make_router
-from policies.migration import decide_migrations
-from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, Role
-from sim.config import SimConfig
-from sim.cost_model import StepCostModel
 from actors.clocks.power_curve import PowerCurve
 from actors.latency_window import LatencyWindow
 from orchestrator.pool_clocks import PoolClocks
 from policies.burst import decide_burst
 from policies.dvfs import ClockMode, SloTargets
+from policies.migration import decide_migrations
+from policies.repair import InFlight, decide_repairs
+from policies.routing import RequestDemand, RouterState, make_router
+from policies.snapshot import ClusterSnapshot, Health, PoolSnapshot, ReplicaId, Role
 from sim.burst_executor import SimBurstExecutor
+from sim.config import SimConfig
+from sim.cost_model import StepCostModel
 from sim.executor import SimExecutor
 from sim.metrics import LogHistogram, latency_summary
 from sim.replica import SimReplica
@@ -256,6 +256,9 @@ class Simulation:
     def _route_new(self, seq: SimSequence) -> None:
         role = Role.PREFILL if self.config.disaggregated else Role.COLOCATED
         replica = self.replicas[self._choose(role, seq)]
+        admission_s = self.cost.busy_admission_s * len(replica.running)
+        if admission_s > 0:
+            return self.deliver_later(self.now_s + admission_s, replica.replica_id, seq)
         replica.add(seq)
         self.wake(replica)
 

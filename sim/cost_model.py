@@ -1,10 +1,16 @@
 """How long one engine step takes, as data.
 
-    step_s = base_s + prefill_token_s * prefill_tokens + decode_seq_s * decode_seqs
-             + context_token_s * context_tokens
+    step_s = base_s + prefill_token_s * prefill_tokens + prefill_pair_s * prefill_pairs
+             + decode_seq_s * decode_seqs + context_token_s * context_tokens
 
-(context_tokens: the tokens the step's attention reads, summed over the batch), and a
-request reaches its replica `request_overhead_s` after it arrives. The coefficients come
+(context_tokens: the tokens the step's attention reads, summed over the batch;
+prefill_pairs: the query-key pairs of the prefill chunks' attention, a chunk of c tokens
+after n computed ones has c * (n + (c + 1) / 2), so a long prompt costs more than linearly); a
+request reaches its replica `request_overhead_s` after it arrives, and where the serving
+path shares the engine's CPU its first step carries `request_step_s`; on the CPU backend
+a step of a size the engine has not run before costs `new_shape_s` more, and a request
+joins a busy replica `busy_admission_s` per running request later; the machine's speed may
+vary (`speed_noise_sd`, seeded per replica). The coefficients come
 from a calibration file: measured here on a real engine alone (`python -m sim.calibrate`)
 or on the real serving path, front door included (`python -m sim.calibrate_cluster`), or
 derived from a published GPU profile; every simulation result names the calibration it
@@ -47,10 +53,28 @@ class StepCostModel:
     # From a request's arrival to its replica's queue (the serving path's fixed latency;
     # 0 for an engine profiled alone).
     request_overhead_s: float = 0.0
+    # Per query-key pair of prefill attention (0: folded into prefill_token_s).
+    prefill_pair_s: float = 0.0
+    # CPU time the serving path spends on a request (admission, streaming, teardown) that
+    # the engine's steps lose where both share a machine's cores; added to the step its
+    # first chunk runs in. 0 on a GPU, whose steps the host's CPU work does not slow.
+    request_step_s: float = 0.0
+    # A step whose number of scheduled tokens the engine has not run before: vLLM's CPU
+    # backend builds its kernels (oneDNN primitives) per shape on first use. 0 on a GPU.
+    new_shape_s: float = 0.0
+    # Admission time per request already running on the replica: its engine's frontend
+    # streams their tokens in the loop that takes new requests in (0 for an engine alone).
+    busy_admission_s: float = 0.0
+    # How much the machine's speed varies (log standard deviation; a new speed every
+    # `speed_noise_period_s`), as the calibration's repeated measurements vary on a shared
+    # CPU. 0: every step takes exactly its cost.
+    speed_noise_sd: float = 0.0
+    speed_noise_period_s: float = 1.0
 
-    def step_s(self, prefill_tokens: float, decode_seqs: int, context_tokens: int, clock_frac: float = 1.0) -> float:
+    def step_s(self, prefill_tokens: float, decode_seqs: int, context_tokens: int, clock_frac: float = 1.0,
+               prefill_pairs: float = 0.0) -> float:
         """One step at `clock_frac` of the maximum clock."""
-        prefill = self.prefill_token_s * prefill_tokens
+        prefill = self.prefill_token_s * prefill_tokens + self.prefill_pair_s * prefill_pairs
         rest = self.base_s + self.decode_seq_s * decode_seqs + self.context_token_s * context_tokens
         if clock_frac == 1.0:
             return prefill + rest
@@ -75,6 +99,10 @@ class StepCostModel:
         step = self.step_s(prompt_tokens * batch / output_tokens, batch, int(batch * (prompt_tokens + output_tokens / 2)))
         return batch / (step * output_tokens)
 
+    def prefill_s(self, prompt_tokens: int) -> float:
+        """A whole prompt in one step, alone."""
+        return self.step_s(prompt_tokens, 0, prompt_tokens, prefill_pairs=prefill_pairs(prompt_tokens, 0))
+
     def kv_bytes(self, num_tokens: int) -> int:
         return num_tokens * self.kv_bytes_per_token
 
@@ -94,6 +122,12 @@ class StepCostModel:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+
+
+def prefill_pairs(chunk: int, num_computed: int) -> float:
+    """Query-key pairs of a prefill chunk's causal attention: each of its tokens reads the
+    ones computed before it and the chunk's earlier tokens."""
+    return chunk * (num_computed + (chunk + 1) / 2)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Small simulations that cover the simulator's paths (chunked prefill, preemption, decode
-runs, handoffs, migration, parameter dropping, KV offload, clock policy), printed as one
+runs, handoffs, migration, parameter dropping, KV offload, clock policy, a shared CPU's
+costs and speed noise), printed as one
 JSON digest per scenario. `sim.native.check()` runs them pure and compiled and compares:
 the compiled build must give the same results to the last bit.
 
@@ -39,6 +40,8 @@ def digests() -> dict[str, dict]:
         "disaggregated_per_pool_clocks": (replace(disaggregated, clock_mode=ClockMode.PER_POOL), bursty, None),
         "parameter_dropping": (replace(colocated, burst=BurstPlan()), burst, small_kv),
         "kv_offload": (replace(colocated, offload_link=LINKS["pcie"]), burst, small_kv),
+        "shared_cpu": (SimConfig(pools=(SimPool("colocated", Role.COLOCATED, 2),), calibration="cluster-tiny"),
+                       gamma_arrivals(8.0, 1.0, 300, conv, seed=3, max_total=1024), None),
     }
     out = {}
     for name, (config, requests, cost) in scenarios.items():

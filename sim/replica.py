@@ -10,6 +10,8 @@ thousand replicas affordable; the result is the same as stepping one by one.
 from __future__ import annotations
 
 import math
+import random
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from actors.latency_window import LatencyWindow
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
 from sim.config import TransferLink
-from sim.cost_model import StepCostModel
+from sim.cost_model import StepCostModel, prefill_pairs
 from sim.sequence import SimSequence
 
 
@@ -71,6 +73,13 @@ class SimReplica:
         self.running: list[SimSequence] = []
         self.num_blocks = cost.num_blocks
         self.free_blocks = cost.num_blocks
+        # Step sizes (scheduled tokens) the engine has run, when a new one costs more.
+        self._shapes_run: set[int] = set()
+        # The machine's speed over the current noise period (see StepCostModel.speed_noise_sd),
+        # drawn from a stream seeded by the replica's id, so a run is reproducible.
+        self._speed = 1.0
+        self._speed_period = -1
+        self._speed_draws = random.Random(zlib.crc32(replica_id.encode())) if cost.speed_noise_sd else None
         # Serving as a pipeline stage after a parameter drop: steps stretch by
         # `pipeline_factor` (bubbles) plus hidden-state hops, set by the simulation.
         self.pipeline_factor = 1.0
@@ -111,22 +120,38 @@ class SimReplica:
         if not self._batch:
             self.step_ends_s = None
             return None
-        prefill_tokens = context = num_prefilling = 0
+        prefill_tokens = context = num_prefilling = num_starting = 0
+        pairs = 0.0
         for seq in self._batch:
             context += seq.num_computed + seq.chunk
             if seq.num_computed < seq.target_tokens:
                 prefill_tokens += seq.chunk
+                pairs += prefill_pairs(seq.chunk, seq.num_computed)
                 num_prefilling += 1
+                num_starting += seq.num_computed == 0
+        num_decoding = len(self._batch) - num_prefilling
+        new_shape = bool(self.cost.new_shape_s) and prefill_tokens + num_decoding not in self._shapes_run
+        if self._speed_draws is not None:
+            self._draw_speed(now_s)
         num_steps = 1
-        if not num_prefilling and (not self.waiting or admission_stuck) and not self._offload_copy_s:
+        if not num_prefilling and (not self.waiting or admission_stuck) and not self._offload_copy_s and not new_shape:
             num_steps = self._decode_run_length()
+            if self._speed_draws is not None:
+                # A run takes the speed of the period it starts in, so it ends there.
+                left_s = (self._speed_period + 1) * self.cost.speed_noise_period_s - now_s
+                step_s = self.cost.step_s(0, len(self._batch), context, self.clock_frac) * self._speed
+                num_steps = max(1, min(num_steps, int(left_s / step_s)))
         self._step_started_s = now_s
         self._num_steps = num_steps
         self._context_at_start = context - len(self._batch)
         if num_steps == 1:
-            num_decoding = len(self._batch) - num_prefilling
-            duration = self.cost.step_s(prefill_tokens, num_decoding, context, self.clock_frac)
+            duration = self.cost.step_s(prefill_tokens, num_decoding, context, self.clock_frac, pairs)
             duration = self._as_pipeline(duration, prefill_tokens + num_decoding, 1)
+            duration += self.cost.request_step_s * num_starting
+            if new_shape:
+                self._shapes_run.add(prefill_tokens + num_decoding)
+                duration += self.cost.new_shape_s
+            duration *= self._speed
         else:
             duration = self._decode_run_s(num_steps)
             self._reserve_blocks(num_steps)
@@ -367,14 +392,22 @@ class SimReplica:
 
     def _decode_run_s(self, num_steps: int) -> float:
         run_s = self.cost.decode_run_s(num_steps, len(self._batch), self._context_at_start, self.clock_frac)
-        return self._as_pipeline(run_s, len(self._batch), num_steps)
+        return self._as_pipeline(run_s, len(self._batch), num_steps) * self._speed
 
     def _decode_step_series(self) -> tuple[float, float]:
         """(first, growth) of the steps of the decode run in progress (see `_decode_run_s`)."""
         first, growth = self.cost.decode_step_series(len(self._batch), self._context_at_start, self.clock_frac)
-        if self.pipeline_hop_s is None:
-            return first, growth
-        return first * self.pipeline_factor + self.pipeline_hop_s(len(self._batch)), growth * self.pipeline_factor
+        if self.pipeline_hop_s is not None:
+            first = first * self.pipeline_factor + self.pipeline_hop_s(len(self._batch))
+            growth *= self.pipeline_factor
+        return first * self._speed, growth * self._speed
+
+    def _draw_speed(self, now_s: float) -> None:
+        period = int(now_s / self.cost.speed_noise_period_s)
+        if period != self._speed_period and self._speed_draws is not None:
+            self._speed_period = period
+            sd = self.cost.speed_noise_sd
+            self._speed = math.exp(self._speed_draws.gauss(-sd * sd / 2, sd))  # mean 1
 
     def _as_pipeline(self, seconds: float, tokens_per_step: int, num_steps: int) -> float:
         if self.pipeline_hop_s is None:

@@ -157,7 +157,7 @@ def test_a_lower_clock_stretches_the_compute_bound_share():
 
 
 def test_calibration_keeps_only_decode_samples_whose_batch_fit_the_kv_cache():
-    from sim.calibrate_cluster import OUTPUT_TOKENS, fits_the_cache
+    from sim.cluster_calibration_fit import OUTPUT_TOKENS, fits_the_cache
 
     def sample(batch: int, context: int) -> StepSample:  # as sim.calibrate_cluster records one
         return StepSample(0, batch, batch * (context + OUTPUT_TOKENS // 2), 0.05)
