@@ -100,7 +100,7 @@ def fit_step_costs(decode: list[StepSample], prefill: list[tuple[int, float]]) -
 
 
 def request_step_s(model: StepCostModel, interference: list[InterferenceSample]) -> float:
-    """Serving CPU time per request that the engine's steps lose: what the decoder lost per
+    """Serving CPU time per request that the engine's steps lose: what the decoders lost per
     short request, less what the short's own prefill chunk adds to a decode step (median
     over the samples; 0 without any)."""
     if not interference:
