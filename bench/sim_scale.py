@@ -61,10 +61,9 @@ def run(num_replicas: int, simulated_s: float, load: float, calibration: str) ->
 def few_gc_passes() -> Iterator[None]:
     """CPython's cyclic GC at thresholds for millions of live objects: a run holds a record
     per request (12.7 million for an hour of 1,000 replicas) and, at the default thresholds,
-    scans them all in a full pass every few simulated seconds (20 passes in 300 simulated
-    seconds of 1,000 replicas), which costs more the larger the cluster. The simulator makes
-    few reference cycles (a full pass finds a few thousand objects), so fewer passes cost
-    no memory to speak of."""
+    scans them all in a full pass every few simulated seconds, which costs more the larger
+    the cluster. The simulator makes few reference cycles, so fewer passes cost no memory
+    to speak of."""
     default = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
     try:

@@ -58,6 +58,7 @@ from sim.cluster_calibration_fit import (
     new_shape_s,
     request_step_s,
     speed_noise,
+    time_per_token_s,
     whole_batch_step_s,
 )
 from sim.cost_model import CALIBRATIONS_DIR, StepCostModel, StepSample
@@ -67,6 +68,8 @@ DECODE_BATCHES = (1, 2, 4, 8, 16, 32)
 DECODE_CONTEXTS = (64, 512, 1024)
 # (decoders, k): short requests arrive every k decode steps of the decoders they interfere with.
 INTERFERENCE = ((1, 8), (1, 4), (1, 2), (4, 4))
+# A decoder's first tokens share steps with the other decoders' prefill: not timed as alone.
+INTERFERENCE_SETTLE_TOKENS = 5
 # Prompt lengths no other measurement runs, so the engine meets each first here.
 NEW_SHAPE_LENGTHS = tuple(range(201, 225, 2))
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,12 +91,12 @@ async def interference_sample(client, decoders: int, every_steps: int, step_s: f
     window_end = time.perf_counter()
     alone_s, during_s = [], []
     for _, arrivals in await asyncio.gather(*decoding):
-        alone = [t for t in arrivals[5:] if t < window_start]
+        alone = [t for t in arrivals[INTERFERENCE_SETTLE_TOKENS:] if t < window_start]
         during = [t for t in arrivals if window_start <= t <= window_end]
         if len(alone) < 2 or len(during) < 2 or arrivals[-1] < window_end:
             raise RuntimeError("a decoder did not span the interference window; raise INTERFERENCE_STEPS' margin")
-        alone_s.append((alone[-1] - alone[0]) / (len(alone) - 1))
-        during_s.append((during[-1] - during[0]) / (len(during) - 1))
+        alone_s.append(time_per_token_s(alone))
+        during_s.append(time_per_token_s(during))
     return InterferenceSample(decoders, len(shorts) / (window_end - window_start), statistics.median(alone_s),
                               statistics.median(during_s), statistics.median(short_ttfts))
 

@@ -61,6 +61,11 @@ class Samples:
                    [(float(a), float(b)) for a, b in data.get("new_shape", [])], data["engine"])
 
 
+def time_per_token_s(arrivals: list[float]) -> float:
+    """Mean time between the tokens that arrived at these times (at least two)."""
+    return (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
+
+
 def whole_batch_step_s(arrivals: list[list[float]]) -> float:
     """Time per token while every request of a batch decodes (from the last first token to
     the first request's last), the median over the requests. Before that window the batch
@@ -72,7 +77,7 @@ def whole_batch_step_s(arrivals: list[list[float]]) -> float:
     for times in arrivals:
         window = [t for t in times if all_decoding <= t <= first_done]
         if len(window) > 1:
-            per_request.append((window[-1] - window[0]) / (len(window) - 1))
+            per_request.append(time_per_token_s(window))
     if not per_request:
         raise ValueError("the batch never decoded whole: its first request finished before the last one started")
     return statistics.median(per_request)
