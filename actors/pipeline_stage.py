@@ -3,7 +3,8 @@
 For a pipeline replica (parameter dropping: a vLLM engine whose workers each hold one
 contiguous slice of the model's layers, one worker per member of the dropped group) it
 prepares and reports the stages; for any replica it stages a running request's KV
-without an engine step (a member handing its requests to the pipeline)."""
+without an engine step (a member handing its requests to the pipeline, or a pipeline's
+stages each staging their layers when the group restores)."""
 
 from __future__ import annotations
 
@@ -14,27 +15,34 @@ from vllm.distributed import get_pp_group
 from vllm.distributed.kv_transfer import get_kv_transfer_group, has_kv_transfer_group
 from vllm.model_executor.models.utils import PPMissingLayer
 
+from actors.kv.layout import stage_part_path
+
 
 class PipelineStageExtension:
     def stage_running_kv(self, request_id: str, path: str) -> dict[str, int | str] | None:
         """Stages the KV of the running request `request_id` (the full blocks of the tokens
         computed before the last step) to a file at `path`, between steps and without one:
-        the blocks are read where the request holds them. Returns {"path", "num_tokens",
-        "num_blocks"}, or None when the request is not running here or has no full block."""
-        # The persistent batch holds the requests the last step ran, whose blocks are still
-        # theirs; the runner's request states also keep preempted requests, with block ids
-        # they no longer hold.
-        batch = self.model_runner.input_batch
-        engine_id = next((r for r in batch.req_id_to_index if r == request_id or r.startswith(f"{request_id}-")), None)
+        the blocks are read where the request holds them. A pipeline stage holds only its
+        layers: it writes them to `stage_part_path(path, rank)`. Returns {"path",
+        "num_tokens", "num_blocks"}, or None when the request is not running here or has no
+        full block."""
+        # The runner keeps every request's state, also while it is not in the batch of
+        # the last step (a pipeline runs its micro-batches in turn, and an empty one
+        # clears the batch); the connector says whether its blocks are still its own.
+        runner = self.model_runner
+        engine_id = next((r for r in runner.requests if r == request_id or r.startswith(f"{request_id}-")), None)
         connector = get_kv_transfer_group() if has_kv_transfer_group() else None
-        if engine_id is None or connector is None:
+        if engine_id is None or connector is None or not connector.holds_kv(engine_id):
             return None
-        index = batch.req_id_to_index[engine_id]
-        block_size = self.model_runner.cache_config.block_size
-        num_blocks = int(batch.num_computed_tokens_cpu[index]) // block_size
+        state = runner.requests[engine_id]
+        block_size = runner.cache_config.block_size
+        num_blocks = state.num_computed_tokens // block_size
         if num_blocks == 0:
             return None
-        block_ids = batch.block_table[0].block_table.np[index, :num_blocks].tolist()
+        block_ids = list(state.block_ids[0][:num_blocks])
+        pp = get_pp_group()
+        if pp.world_size > 1:
+            path = str(stage_part_path(Path(path), pp.rank_in_group))
         connector.stage_blocks(Path(path), block_ids, num_blocks * block_size)
         return {"path": path, "num_tokens": num_blocks * block_size, "num_blocks": num_blocks}
 

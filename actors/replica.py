@@ -38,6 +38,13 @@ from actors.messages import PrefillResult, ReplicaInfo, RequestTimings, TokenDel
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
 
 
+# How long a stopping engine's processes get to exit before they are killed. vLLM waits 5 s
+# by default, and its engine core does not exit on SIGTERM in that time, so every stop took
+# 5 s: a parameter drop's switch waits for its members to stop, a restore for its pipeline.
+# Nothing of a stopped engine is kept (its requests are handed over first).
+ENGINE_SHUTDOWN_GRACE_S = 1.0
+
+
 class KVTransferFailed(Exception):
     """The request's KV could not be fetched and the replica is configured to fail rather
     than recompute. Retriable on another replica or after a new prefill."""
@@ -100,7 +107,7 @@ class ReplicaActor(ChannelStreams):
         if self._janitor is not None:
             self._janitor.cancel()
         if self._engine is not None:
-            self._engine.shutdown()
+            self._engine.shutdown(timeout=ENGINE_SHUTDOWN_GRACE_S)
             self._engine = None
         if self._device is not None:
             self._device.close()

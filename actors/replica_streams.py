@@ -22,13 +22,14 @@ from vllm import SamplingParams
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from actors.engine_spec import TransferFailurePolicy
-from actors.kv.layout import release_staged_kv, staged_kv_path
+from actors.kv.layout import StagedKVError, merge_staged_kv, release_staged_kv, stage_part_path, staged_kv_path
 from actors.kv.medium import KVHandle, MediumKind
 from actors.kv.specs import STAGED_PARAM
 from actors.messages import TokenRequest
 from actors.migration_source import MigrationReport, MigrationTarget, RunningRequest, next_token, pre_copy
 from actors.migration_spec import MigrationSettingsSpec
 from actors.outbox import ChannelItem, MigrationNotice, Outbox, RequestError
+from policies.handover import spread_by_tokens
 from policies.migration import MigrationMode
 from policies.snapshot import RequestId
 
@@ -48,6 +49,10 @@ class ChannelStreams:
         self._outboxes: dict[str, Outbox] = {}
         self._pumps: set[asyncio.Task] = set()
         self._running: dict[RequestId, RunningRequest] = {}
+        # Set by `hand_over_all`: this replica is about to stop, and a request submitted
+        # from then on (a prefill replica's hand-off still on its way) goes straight on.
+        self._forward_to: list[str] = []
+        self._num_forwarded = 0
 
     async def open_channel(self, channel_id: str) -> AsyncIterator[list[ChannelItem]]:
         """The subscriber's stream of batched deltas for the requests it `submit`s with
@@ -64,10 +69,21 @@ class ChannelStreams:
     def submit(self, request: TokenRequest, channel_id: str) -> None:
         """Starts `request`; its deltas, or its error, go to the channel `channel_id`."""
         outbox = self._outboxes.setdefault(channel_id, Outbox())
+        if self._forward_to:
+            self._forward(request, outbox)
+            return
         outbox.request_ids.add(request.request_id)
         pump = asyncio.create_task(self._pump(request, outbox))
         self._pumps.add(pump)
         pump.add_done_callback(self._pumps.discard)
+
+    def _forward(self, request: TokenRequest, outbox: Outbox) -> None:
+        """Sends a request that arrives after `hand_over_all` on to one of its destinations,
+        with the KV it came with (a prefill replica's, which the destination loads)."""
+        destination = self._forward_to[self._num_forwarded % len(self._forward_to)]
+        self._num_forwarded += 1
+        outbox.put(MigrationNotice(request.request_id, self.replica_id, destination, request.kv_handle,
+                                   PARAMETER_DROP_HANDOVER))
 
     async def _pump(self, request: TokenRequest, outbox: Outbox) -> None:
         running = RunningRequest(request, outbox, ended=asyncio.get_running_loop().create_future())
@@ -119,49 +135,70 @@ class ChannelStreams:
                                running.request.request_id, exc_info=True)
         return MigrationNotice(running.request.request_id, self.replica_id, target.destination, handle, target.mode)
 
-    async def hand_over_all(self, destination: str, medium: MediumKind = MediumKind.DISK) -> int:
-        """Stops every request running here; each subscriber continues on `destination`,
-        which may not serve yet (a parameter drop's pipeline replica, starting on the
-        devices this replica is about to free). Each request's KV is staged first, while
-        it still holds its blocks, on `medium`: a file that outlives this replica (a direct
-        shared-memory export reads this process's memory). Returns how many moved."""
-        moving = [r for r in self._running.values() if r.handover is None and not r.ended.done()]
-        moved = await asyncio.gather(*(self._hand_over_staged(r, destination, medium) for r in moving))
-        return sum(moved)
+    async def hand_over_all(self, destinations: list[str], medium: MediumKind = MediumKind.DISK) -> tuple[int, int]:
+        """Stops every request running here; each subscriber continues on one of
+        `destinations`, which may not serve yet (a parameter drop's pipeline replica, or a
+        restore's members, starting on the devices this replica is about to free), spread
+        over them by tokens (policies.handover). Each request's KV is staged first, while it
+        still holds its blocks, on `medium`: a file that outlives this replica (a direct
+        shared-memory export reads this process's memory); a request with no token yet
+        moves without KV. A request submitted from now on goes straight to a destination.
+        Returns how many moved, and how many of them with their KV."""
+        self._forward_to = list(destinations)
+        moving = {rid: r for rid, r in self._running.items() if r.handover is None and not r.ended.done()}
+        placement = spread_by_tokens([(rid, len(r.token_ids)) for rid, r in moving.items()], destinations)
+        moved = await asyncio.gather(*(self._hand_over_staged(moving[rid], d, medium) for rid, d in placement.items()))
+        return sum(m is not None for m in moved), sum(m is not None and m.kv_handle is not None for m in moved)
 
-    async def _hand_over_staged(self, running: RunningRequest, destination: str, medium: MediumKind) -> bool:
+    async def _hand_over_staged(self, running: RunningRequest, destination: str,
+                                medium: MediumKind) -> MigrationNotice | None:
         handle = None
         if running.produced:
             handle = await self._stage_running(running.request.request_id, destination, medium)
         if running.ended.done() or running.handover is not None:
             if handle is not None and handle.path:
                 release_staged_kv(Path(handle.path))
-            return False
+            return None
         running.handover = MigrationTarget(destination, PARAMETER_DROP_HANDOVER)
         try:
             await self.abort(running.request.request_id)
         except Exception:  # noqa: BLE001 - the notice must go out all the same
             logger.warning("request %s: abort for hand-over failed", running.request.request_id, exc_info=True)
-        running.outbox.put(MigrationNotice(running.request.request_id, self.replica_id, destination, handle,
-                                           PARAMETER_DROP_HANDOVER))
+        notice = MigrationNotice(running.request.request_id, self.replica_id, destination, handle,
+                                 PARAMETER_DROP_HANDOVER)
+        running.outbox.put(notice)
         running.ended.set_result("migrated")
-        return True
+        return notice
 
     async def _stage_running(self, request_id: str, destination: str, medium: MediumKind) -> KVHandle | None:
         """The KV of a running request, staged where it is (no engine step, no new
         blocks: a member under a burst has none to spare) and published on `medium`. The
         file is named for `destination`, whose janitor removes it if it is never loaded
         (this replica is about to stop, and removes its own files when it does). A
-        pipeline replica's stages hold different layers: it stages nothing."""
-        if self.spec.pipeline_stages > 1:
-            return None
+        pipeline replica's stages each stage their own layers; the parts are merged into
+        one file of every layer."""
         path = staged_kv_path(self.spec.staging_dir_for(medium), destination)
         try:
-            [staged] = await self._require_engine().collective_rpc("stage_running_kv", args=(request_id, str(path)))
+            if self.spec.pipeline_stages > 1:
+                staged = await self._stage_pipeline_parts(request_id, path)
+            else:
+                [staged] = await self._require_engine().collective_rpc("stage_running_kv", args=(request_id, str(path)))
         except Exception:  # noqa: BLE001 - the destination recomputes instead
             logger.warning("request %s: staging its KV failed; the destination recomputes", request_id, exc_info=True)
             return None
         return self._publish(medium, {STAGED_PARAM: staged}) if staged else None
+
+    async def _stage_pipeline_parts(self, request_id: str, path: Path, attempts: int = 3) -> dict | None:
+        """A pipeline engine's stages each stage their layers of the request, merged into
+        one file at `path`. A request the stages do not hold KV for (waiting, preempted, or
+        just arrived) is asked for again a step later, then moves without KV."""
+        for _ in range(attempts):
+            staged = await self._require_engine().collective_rpc("stage_running_kv", args=(request_id, str(path)))
+            if all(s is not None for s in staged):
+                return await asyncio.to_thread(merge_stage_parts, path, staged)
+            remove_stage_parts(path, len(staged))
+            await asyncio.sleep(0.05)
+        return None
 
     # ---- migration ----
     async def migrate_out(
@@ -231,3 +268,19 @@ class ChannelStreams:
         async for _ in self.generate(request):
             pass
         return handle.num_blocks
+
+
+def merge_stage_parts(path: Path, staged: list[dict]) -> dict:
+    """One staged file at `path` of what a pipeline's stages staged of a request (one
+    result per stage, each of its own layers)."""
+    try:
+        header = merge_staged_kv([stage_part_path(path, stage) for stage in range(len(staged))], path)
+    except (StagedKVError, OSError):
+        remove_stage_parts(path, len(staged))
+        raise
+    return {"path": str(path), "num_tokens": header.num_tokens, "num_blocks": header.num_blocks}
+
+
+def remove_stage_parts(path: Path, num_stages: int) -> None:
+    for stage in range(num_stages):
+        stage_part_path(path, stage).unlink(missing_ok=True)

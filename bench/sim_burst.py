@@ -8,7 +8,7 @@ the load steps from the sustainable rate of long-output requests to `--burst-fac
 it for `--burst-s`, then back.
 
     .venv/bin/python -m bench.sim_burst [--replicas 4] [--weight-share 0.5] [--burst-factor 3]
-                                        [--burst-s 10 20 30 60]
+                                        [--burst-s 10 20 30 60] [--out bench/results/sim_burst]
 
 One table per burst length; P99 TTFT against burst length in bench/results/sim_burst.png.
 """
@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--burst-s", type=float, nargs="+", default=[5.0, 10.0, 20.0, 30.0, 60.0])
     parser.add_argument("--after-s", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS / "sim_burst"), help="path of the .json and .png, without suffix")
     args = parser.parse_args()
+    out = Path(args.out)
 
     cost = StepCostModel.load(args.calibration)
     weight_blocks = cost.weight_bytes // (cost.kv_bytes_per_token * cost.block_size)
@@ -85,16 +87,16 @@ def main() -> None:
                   f"{baseline['p99_ttft_s'] / r['p99_ttft_s']:9.1f}x {r['p99_tpot_s'] * 1000:7.1f}ms "
                   f"{r['finished']:5d}/{len(requests)}")
         print(f"drop/restore: {results['parameter dropping']['burst_events']}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot_curves(curves, RESULTS / "sim_burst.png", f"Memory burst x{args.burst_factor}, {args.replicas} replicas, "
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(curves, out.with_suffix(".png"), f"Memory burst x{args.burst_factor}, {args.replicas} replicas, "
                 f"weights {args.weight_share:.0%} of memory", "burst length (s)", "P99 TTFT (s, log)",
                 note=f"calibration {args.calibration}", log_y=True)
-    (RESULTS / "sim_burst.json").write_text(json.dumps({
+    out.with_suffix(".json").write_text(json.dumps({
         "command": "python -m bench.sim_burst " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
         "calibration": args.calibration, "calibration_source": cost.source, "num_blocks": num_blocks,
         "weight_blocks": weight_blocks, "rate_rps": rate, "runs": runs}, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'sim_burst.png'}")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

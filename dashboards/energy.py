@@ -38,8 +38,11 @@ def build() -> dashboard.Dashboard:
             query(f'ray_tide_replica_latency_p90_seconds{{{DEVICES}, role=~"prefill|colocated", metric="ttft"}}',
                   "{{replica}} TTFT"),
             query(f'ray_tide_replica_latency_p90_seconds{{{DEVICES}, role=~"decode|colocated", metric="itl"}}',
-                  "{{replica}} time between tokens")],
-            "The engine's P90 over each replica's latency window at its current clock, against the SLO."))
+                  "{{replica}} time between tokens"),
+            query('ray_tide_slo_target_seconds{metric="ttft"}', "TTFT target"),
+            query('ray_tide_slo_target_seconds{metric="tpot"}', "TPOT target")],
+            "The engine's P90 over each replica's latency window at its current clock, against the SLO targets "
+            "in force (the controller's config, or the latest set_slo)."))
         .with_panel(single("Devices under clock control", "percentunit",
                            f"avg(ray_tide_device_clock_control{{{DEVICES}}})",
                            "1: Tide sets every clock; below 1, some devices refused (observe-only: NVML "

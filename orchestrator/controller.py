@@ -23,7 +23,7 @@ from ray.actor import ActorHandle
 
 from actors.engine_spec import EngineSpec
 from actors.messages import ReplicaInfo
-from orchestrator.config import ClockMode, ClusterConfig
+from orchestrator.config import ClockMode, ClusterConfig, SLOConfig
 from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
 from orchestrator.parameter_drop import ParameterDropping
@@ -135,6 +135,17 @@ class ControllerActor(ParameterDropping):
                     self._spawn(self._set_clock(replica_id, managed.info.supported_clocks_mhz[-1]), lambda: None)
         return self._clocks.chosen
 
+    async def set_slo(self, ttft_s: float, tpot_s: float) -> None:
+        """Changes the latency targets the clock policy keeps, live (an event, and the
+        targets in force on the DVFS dashboard)."""
+        started = time.perf_counter()
+        targets = SLOConfig(ttft_s=ttft_s, tpot_s=tpot_s).targets()  # the config's own checks
+        before = self._clocks.slo
+        self._clocks.change_slo(targets)
+        self._metrics.record_slo(targets)
+        self._record(ActionKind.CLOCK, "set_slo", "", "", started,
+                     outcome=f"ok: TTFT {before.ttft_s:g} -> {ttft_s:g} s, TPOT {before.tpot_s:g} -> {tpot_s:g} s")
+
     async def pool_clocks(self) -> dict[str, int]:
         return self._clocks.chosen
 
@@ -199,6 +210,7 @@ class ControllerActor(ParameterDropping):
                 self._spawn(self._set_clock(replica_id, clock), lambda r=replica_id: self._setting_clock.discard(r))
         reported = {p.name: max((r.clock_mhz for r in p.serving), default=0) for p in self._snapshot.pools}
         self._metrics.record_pool_clocks({**{k: v for k, v in reported.items() if v}, **self._clocks.chosen})
+        self._metrics.record_slo(self._clocks.slo)
 
     async def _observe(self) -> None:
         now = time.time()

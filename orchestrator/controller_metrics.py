@@ -7,6 +7,7 @@ from __future__ import annotations
 from ray.util import metrics
 
 from orchestrator.events import ControllerEvent
+from policies.dvfs import SloTargets
 from policies.snapshot import ClusterSnapshot, Health
 
 ACTION_BUCKETS_S = [0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
@@ -49,6 +50,9 @@ class ControllerMetrics:
             "tide_replica_step_seconds", "Recent mean engine step time per replica.", tag_keys=REPLICA_TAGS)
         self.pool_clock = metrics.Gauge(
             "tide_pool_clock_mhz", "The clock the controller chose for each pool.", tag_keys=("cluster", "pool"))
+        self.slo_target = metrics.Gauge(
+            "tide_slo_target_seconds", "The latency targets the clock policy keeps (metric=ttft or tpot).",
+            tag_keys=("cluster", "metric"))
         self.latency_p90 = metrics.Gauge(
             "tide_replica_latency_p90_seconds", "P90 of the engine's time to first token (metric=ttft) and time "
             "between tokens (metric=itl) over the replica's latency window: the DVFS policy's input.",
@@ -80,6 +84,10 @@ class ControllerMetrics:
     def record_pool_clocks(self, clocks: dict[str, int]) -> None:
         for pool, clock in clocks.items():
             self.pool_clock.set(clock, tags={**self._cluster, "pool": pool})
+
+    def record_slo(self, slo: SloTargets) -> None:
+        self.slo_target.set(slo.ttft_s, tags={**self._cluster, "metric": "ttft"})
+        self.slo_target.set(slo.tpot_s, tags={**self._cluster, "metric": "tpot"})
 
     def record_tick(self, seconds: float, failed: bool) -> None:
         self.tick_duration.observe(seconds, tags=self._cluster)

@@ -8,9 +8,9 @@ the pipeline stops and g replicas start again. The switch is a relaunch: from th
 stop to the pipeline's first step the group serves nothing, and the same holds for a
 restore. At a drop the members' running requests are handed to the pipeline with their
 KV staged (each stage loads its own layers of it) and go on there once it serves; at a
-restore the pipeline's requests replay on the members through the front door (a pipeline
-engine cannot stage one file of all its stages' layers). Both durations are controller
-events (kind drop / restore) and metrics.
+restore the pipeline's running requests are split over the members the same way (each
+stage stages its layers; the parts become one file of every layer). Both durations are
+controller events (kind drop / restore) and metrics.
 
 A pipeline that dies (any stage's process) is replaced like any dead replica; its group is
 forgotten, and the pool's repair starts the other members again.
@@ -24,7 +24,7 @@ import time
 
 from orchestrator.dropped_groups import DroppedGroups
 from orchestrator.events import ActionKind
-from policies.burst import DroppedGroup, DropParameters, RestoreParameters, decide_burst
+from policies.burst import DropParameters, DroppedGroup, RestoreParameters, decide_burst
 from policies.snapshot import ReplicaId
 
 
@@ -106,7 +106,7 @@ class ParameterDropping:
         try:
             # The members' running requests move to the pipeline with their KV staged, and
             # continue there once it serves; then the members' devices are freed for it.
-            moved = await asyncio.gather(*(m.handle.hand_over_all(pipeline_id, self.config.controller.health_timeout_s)
+            moved = await asyncio.gather(*(m.handle.hand_over_all([pipeline_id], self.config.controller.health_timeout_s)
                                            for m in members))
             await asyncio.gather(*(m.handle.shutdown() for m in members))
             up = await self._bring_up(pipeline_id, reason=f"drop:{action.reason}")
@@ -122,7 +122,7 @@ class ParameterDropping:
         gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
         self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
                      outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks, "
-                             f"{sum(moved)} running requests handed over with their KV")
+                             f"{handed_over(moved)}")
         return pipeline_id
 
     async def _restore(self, pipeline_id: ReplicaId, reason: str) -> list[ReplicaId]:
@@ -135,13 +135,16 @@ class ParameterDropping:
         self._replicas.pop(pipeline_id)
         self._drops.switching.update(member_ids)
         try:
+            # The pipeline's running requests are split over the members with their KV
+            # (each stage stages its layers) and continue there once they serve.
+            moved = await pipeline.handle.hand_over_all(member_ids, self.config.controller.health_timeout_s)
             await pipeline.handle.shutdown()
             up = await asyncio.gather(*(self._bring_up(m, reason=f"restore:{reason}") for m in member_ids))
         finally:
             self._drops.switching.difference_update(member_ids)
         outcome = "ok" if all(up) else "failed: some members did not start; the pool's repair retries them"
         self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, started,
-                     outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}")
+                     outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}, {handed_over([moved])}")
         return [m for m, ok in zip(member_ids, up) if ok]
 
     def _forget_lost_pipelines(self) -> None:
@@ -166,3 +169,10 @@ class ParameterDropping:
             if p.name == pool:
                 return p
         raise KeyError(pool)
+
+
+def handed_over(moved: list[tuple[int, int]]) -> str:
+    """The hand-over part of a drop or restore event: `moved` is each replica's (requests
+    moved, of them with their KV)."""
+    return (f"{sum(m for m, _ in moved)} running requests handed over, "
+            f"{sum(k for _, k in moved)} with their KV")

@@ -46,6 +46,14 @@ class PoolClocks:
         if mode == ClockMode.OFF:
             self._chosen.clear()
 
+    def change_slo(self, slo: SloTargets) -> None:
+        """The targets the policy keeps, changed live."""
+        self._slo = slo
+
+    @property
+    def slo(self) -> SloTargets:
+        return self._slo
+
     @property
     def chosen(self) -> dict[str, int]:
         return dict(self._chosen)

@@ -10,16 +10,18 @@ PodMonitor scrapes the same agents instead (k8s/).
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 
 import httpx
 import yaml
+
 
 @dataclass(frozen=True)
 class PrometheusSettings:
@@ -59,6 +61,9 @@ def start_prometheus(targets: list[str], settings: PrometheusSettings, data_dir:
     if binary is None:
         raise PrometheusUnavailable(
             f"no `{settings.binary}` binary on PATH; install it (Debian: apt-get install prometheus)")
+    if _port_taken(settings.host, settings.port):
+        # Another server there would answer the readiness check below in this one's place.
+        raise PrometheusUnavailable(f"{settings.host}:{settings.port} is already in use; choose another port")
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(scrape_config(targets, settings.scrape_interval_s)))
@@ -80,6 +85,12 @@ def start_prometheus(targets: list[str], settings: PrometheusSettings, data_dir:
         time.sleep(0.2)
     process.terminate()
     raise PrometheusUnavailable(f"prometheus did not become ready on {settings.url}")
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
 
 
 @contextmanager

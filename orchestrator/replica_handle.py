@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import ray
 from ray.actor import ActorHandle
 
+from actors.engine_spec import EngineSpec
 from actors.kv.medium import MediumKind
 from actors.messages import PrefillResult, ReplicaInfo, TokenDelta, TokenRequest, TransferRecord
-from actors.engine_spec import EngineSpec
 from actors.replica import ReplicaActor
 from orchestrator.config import PoolConfig
 from policies.snapshot import ReplicaId, ReplicaSnapshot
@@ -76,13 +76,14 @@ class ReplicaHandle:
     async def take_transfer_records(self) -> list[TransferRecord]:
         return await self.actor.take_transfer_records.remote()
 
-    async def hand_over_all(self, destination: str, timeout_s: float) -> int:
-        """Moves every request running here to `destination` with its KV staged (see
-        `ReplicaActor.hand_over_all`); 0 if the replica does not answer in time."""
+    async def hand_over_all(self, destinations: list[str], timeout_s: float) -> tuple[int, int]:
+        """Moves every request running here to one of `destinations` with its KV staged
+        (see `ReplicaActor.hand_over_all`): how many moved, and how many with their KV;
+        (0, 0) if the replica does not answer in time."""
         try:
-            return await asyncio.wait_for(self.actor.hand_over_all.remote(destination), timeout_s)
+            return await asyncio.wait_for(self.actor.hand_over_all.remote(destinations), timeout_s)
         except (ray.exceptions.RayError, asyncio.TimeoutError):
-            return 0
+            return 0, 0
 
     async def shutdown(self, timeout_s: float = 30.0) -> None:
         try:

@@ -47,6 +47,7 @@ class TokenClient:
         max_replays: int = 3,
         replica_wait_s: float = 60.0,
         data_path: DataPath = DataPath.AUTO,
+        starting_replica_wait_s: float = 600.0,
     ):
         self._controller = controller
         self._router = router
@@ -58,6 +59,7 @@ class TokenClient:
         self._channels = DeltaChannels()
         self.max_replays = max_replays
         self.replica_wait_s = replica_wait_s
+        self.starting_replica_wait_s = starting_replica_wait_s
         self.data_path = data_path
         self.num_refresh_failures = 0
         self.num_replays = 0
@@ -215,8 +217,11 @@ class TokenClient:
 
     async def _destination_or(self, replica_id: str, fallback: ReplicaHandle) -> ReplicaHandle:
         """The migration's destination once it serves: at once for a live migration, after
-        its engine starts for a parameter drop's pipeline (at most `replica_wait_s`)."""
-        deadline = asyncio.get_running_loop().time() + self.replica_wait_s
+        its engine starts for a parameter drop's pipeline or a restore's members. It is
+        waited for while the controller lists it as starting (at most
+        `starting_replica_wait_s`), and for at most `replica_wait_s` while it is not listed."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             table = self.table
             actor = table.actors.get(replica_id)
@@ -224,21 +229,26 @@ class TokenClient:
                           None)
             if actor is not None and health not in (None, Health.STARTING):
                 return ReplicaHandle(replica_id, actor)
-            if asyncio.get_running_loop().time() > deadline:
+            waited = loop.time() - started
+            if waited > (self.starting_replica_wait_s if health == Health.STARTING else self.replica_wait_s):
                 return fallback
             await asyncio.sleep(self._refresh_s)
 
     async def _choose_any(self, roles: tuple[Role, ...], num_prompt_tokens: int, avoid: frozenset[str]) -> ReplicaHandle:
         """The first role in `roles` with a healthy replica; waits for the controller to
-        bring one up (a replacement) for at most `replica_wait_s`."""
-        deadline = asyncio.get_running_loop().time() + self.replica_wait_s
+        bring one up (a replacement, or a restored group's members) for at most
+        `replica_wait_s`, or `starting_replica_wait_s` while one of those roles is starting."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             for role in roles:
                 try:
                     return self.choose(role, num_prompt_tokens, avoid)
                 except NoReplicaAvailable:
                     continue
-            if asyncio.get_running_loop().time() > deadline:
+            starting = any(r.health == Health.STARTING and r.role in roles
+                           for p in self.table.snapshot.pools for r in p.replicas)
+            if loop.time() - started > (self.starting_replica_wait_s if starting else self.replica_wait_s):
                 raise NoReplicaAvailable(f"no healthy {'/'.join(r.value for r in roles)} replica")
             await asyncio.sleep(0.2)
 

@@ -40,12 +40,11 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorMetadata,
     KVConnectorRole,
 )
-
 from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
 from actors.clocks.power_curve import PowerCurve
 from actors.clocks.step_stretch import EmulatedStepStretch
-from actors.kv.connector_scheduler import TideConnectorScheduler
+from actors.kv.connector_scheduler import TideConnectorScheduler, requests_holding_kv
 from actors.kv.connector_stats import TideConnectorStats
 from actors.kv.connector_worker import TideConnectorWorker
 from actors.kv.specs import ExportSpec, ImportSpec
@@ -65,6 +64,9 @@ class TideConnectorMetadata(KVConnectorMetadata):
     # The step's work, for the emulated clock's slowdown.
     prefill_tokens: int = 0
     decode_tokens: int = 0
+    # The requests that hold KV blocks as of this step's scheduling (running, neither
+    # preempted nor finished): the ones whose block tables a worker may stage between steps.
+    holding_kv: frozenset[str] = frozenset()
 
 
 def step_work(scheduler_output: SchedulerOutput) -> tuple[int, int]:
@@ -86,6 +88,7 @@ class TideKVConnector(KVConnectorBase_V1):
         self._scheduler: TideConnectorScheduler | None = None
         self._worker: TideConnectorWorker | None = None
         self._stretch: EmulatedStepStretch | None = None
+        self._holding_kv: frozenset[str] = frozenset()
         if role == KVConnectorRole.SCHEDULER:
             self._scheduler = TideConnectorScheduler(staging_dir, block_size, kv_cache_config,
                                                      vllm_config.parallel_config.pipeline_parallel_size)
@@ -100,6 +103,8 @@ class TideKVConnector(KVConnectorBase_V1):
     # ---- worker side ----
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)
+        assert isinstance(connector_metadata, TideConnectorMetadata)
+        self._holding_kv = connector_metadata.holding_kv
         if self._stretch is not None:
             self._stretch.begin_step()
 
@@ -126,6 +131,11 @@ class TideKVConnector(KVConnectorBase_V1):
         self._worker.save(metadata.exports)
         if self._stretch is not None:
             self._stretch.end_step(metadata.prefill_tokens, metadata.decode_tokens)
+
+    def holds_kv(self, request_id: str) -> bool:
+        """Whether the request held KV blocks when the last step bound here was scheduled:
+        the runner's block table for it is current (a preempted request's is not)."""
+        return request_id in self._holding_kv
 
     def stage_blocks(self, path: Path, block_ids: list[int], num_tokens: int) -> int:
         """Stages blocks a running request holds, between steps (see TideConnectorWorker)."""
@@ -162,7 +172,8 @@ class TideKVConnector(KVConnectorBase_V1):
         exports, imports = self._scheduler.build_specs(scheduler_output, self._kv_cache_manager)
         prefill_tokens, decode_tokens = step_work(scheduler_output)
         return TideConnectorMetadata(exports=exports, imports=imports, prefill_tokens=prefill_tokens,
-                                     decode_tokens=decode_tokens)
+                                     decode_tokens=decode_tokens,
+                                     holding_kv=requests_holding_kv(self._kv_cache_manager))
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         assert self._scheduler is not None

@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 
+def requests_holding_kv(kv_cache_manager: KVCacheManager) -> frozenset[str]:
+    """The requests that hold KV blocks now (vLLM frees a request's blocks when it is
+    preempted or finishes)."""
+    [manager] = kv_cache_manager.coordinator.single_type_managers
+    return frozenset(request_id for request_id, blocks in manager.req_to_blocks.items() if blocks)
+
+
 @dataclass(frozen=True)
 class _PendingImport:
     path: str
@@ -41,8 +48,9 @@ class _StagedExport:
 class TideConnectorScheduler:
     def __init__(self, staging_dir: str, block_size: int, kv_cache_config: KVCacheConfig, num_stages: int = 1):
         """`num_stages` > 1: a pipeline engine, whose stages each hold some layers. It
-        imports (each stage loads its layers) but does not export: one staged file per
-        request would need every stage's layers."""
+        imports (each stage loads its layers) but does not export from a step: one staged
+        file per request needs every stage's layers (a restore stages them between steps,
+        stage by stage, through the worker extension)."""
         if len(kv_cache_config.kv_cache_groups) != 1:
             raise ValueError("TideKVConnector supports models with one KV cache group (full attention)")
         self._staging_dir = Path(staging_dir)

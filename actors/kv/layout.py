@@ -11,6 +11,7 @@ a partial file; `read_header` checks the size, so a truncated file is rejected.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -132,6 +133,71 @@ def write_staged_kv(
     del mapped
     os.replace(tmp_path, path)
     return header.total_bytes
+
+
+def stage_part_path(path: Path, stage: int) -> Path:
+    """Where stage `stage` of a pipeline engine stages its layers of the file `path`."""
+    return path.with_name(f"{path.name}.part{stage}")
+
+
+def merge_staged_kv(parts: list[Path], path: Path) -> StagedKVHeader:
+    """One staged file at `path` of every layer in `parts`, the files a pipeline engine's
+    stages each wrote of their own layers of one request; the parts are removed. Parts
+    that disagree on the blocks they hold are a StagedKVError (nothing is written)."""
+    headers = [read_header(part) for part in parts]
+    first = headers[0]
+    shared = (first.dtype, first.block_dim, first.block_size, first.num_blocks, first.num_tokens)
+    for part, header in zip(parts, headers):
+        if (header.dtype, header.block_dim, header.block_size, header.num_blocks, header.num_tokens) != shared:
+            raise StagedKVError(f"stage file {part} holds other blocks than {parts[0]}")
+    # Each part's body (its aligned layer chunks) is copied whole: chunk offsets shift by
+    # where the body lands in the merged file.
+    layers, bodies, offset = [], [], HEADER_BYTES
+    for part, header in zip(parts, headers):
+        shift = offset - HEADER_BYTES
+        layers += [LayerChunk(c.name, c.offset + shift, c.shape) for c in header.layers]
+        bodies.append((part, offset, header.total_bytes - HEADER_BYTES))
+        offset += header.total_bytes - HEADER_BYTES
+    merged = StagedKVHeader(dtype=first.dtype, block_dim=first.block_dim, block_size=first.block_size,
+                            num_blocks=first.num_blocks, num_tokens=first.num_tokens, total_bytes=offset,
+                            layers=tuple(layers))
+    tmp_path = path.with_name(path.name + ".partial")
+    fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, merged.total_bytes)
+        os.pwrite(fd, _encode_header(merged), 0)
+        for part, at, length in bodies:
+            with open(part, "rb") as src:
+                _copy_range(src.fileno(), fd, HEADER_BYTES, at, length)
+    except BaseException:
+        os.close(fd)
+        tmp_path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp_path, path)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return merged
+
+
+def _copy_range(src: int, dst: int, src_at: int, dst_at: int, length: int) -> None:
+    """Copies in the kernel where the filesystem can (no pass through user memory)."""
+    copied = 0
+    try:
+        while copied < length:
+            n = os.copy_file_range(src, dst, length - copied, src_at + copied, dst_at + copied)
+            if n == 0:
+                raise StagedKVError("a stage file ended early")
+            copied += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        while copied < length:
+            data = os.pread(src, min(length - copied, 1 << 24), src_at + copied)
+            if not data:
+                raise StagedKVError("a stage file ended early") from None
+            os.pwrite(dst, data, dst_at + copied)
+            copied += len(data)
 
 
 @dataclass(frozen=True)

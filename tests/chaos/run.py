@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from orchestrator.config import (
     PoolConfig,
     ServeSettings,
 )
+from orchestrator.events import ActionKind
 from orchestrator.launcher import find_controller
 from orchestrator.models import resolve_model
 from orchestrator.prometheus_runner import PrometheusSettings, ray_metrics_targets, running_prometheus
@@ -52,8 +54,15 @@ from tests.chaos.traffic import OpenLoop, Outcome
 from tests.oracle import PlainEngine
 
 CLUSTER = "tidechaos"
-# Replacing a replica starts an engine (~20-40 s here); the controller comes back at once.
-RECOVERY_BOUND_S = {"replica": 120.0, "controller": 30.0, "node": 120.0, "none": 30.0}
+# Time to notice a fault and act on it, by kind (a stopped node is declared dead by Ray's
+# health checks).
+NOTICE_S = {"replica": 30.0, "controller": 30.0, "node": 60.0, "none": 30.0}
+# A fault also waits for new processes, in units of the slowest engine start of the run's
+# own first start (the same machine, the same engines): a replica or node fault for a new
+# engine, up to twice that (a replacement starts under the load the first start did not
+# have); a killed controller for its new process, which imports vLLM and adopts what runs,
+# up to once that.
+ENGINE_STARTS = {"replica": 2.0, "controller": 1.0, "node": 2.0, "none": 0.0}
 CONTROL = {"tide_control": 0.01}
 # The import path of k8s/overlays/*/rayservice.yaml's serveConfigV2.
 IMPORT_PATH = "orchestrator.serve_app:app_builder"
@@ -67,6 +76,14 @@ class FaultRecord:
     recovered_after_s: float | None
     bound_s: float
     detail: str = ""
+    # Unix time of the injection, to line the fault up with the controller's events.
+    injected_at_unix_s: float = 0.0
+    # What still fell short when the bound ran out.
+    missing: str = ""
+
+
+def recovery_bounds_s(engine_start_s: float) -> dict[str, float]:
+    return {kind: notice + ENGINE_STARTS[kind] * engine_start_s for kind, notice in NOTICE_S.items()}
 
 
 def cluster_config(port: int, proxy_port: int) -> ClusterConfig:
@@ -97,25 +114,33 @@ def deploy_from_import_path(config: ClusterConfig) -> str:
 
 
 async def wait_recovered(controller, started: float, timeout_s: float, gone: frozenset[str],
-                         restarted_below: int | None) -> float | None:
+                         restarted_below: int | None) -> tuple[float | None, str]:
     """Seconds from `started` until every pool serves its target size again without the
     actors in `gone` (the ones the fault killed; a replacement may reuse a name); with
     `restarted_below`, only once a restarted controller answers (its snapshot versions
-    start again from 0)."""
+    start again from 0). On time-out, None and what still fell short."""
     deadline = time.monotonic() + timeout_s
+    missing = "the controller never answered"
+    restarted = restarted_below is None
     while time.monotonic() < deadline:
         try:
             table = await asyncio.wait_for(controller.routing_table.remote(), timeout=5.0)
             snapshot = table.snapshot
             serving = {r.replica_id for r in snapshot.serving(Role.PREFILL) + snapshot.serving(Role.DECODE)}
             present = {actor_id(a) for rid, a in table.actors.items() if rid in serving}
-            restarted = restarted_below is None or snapshot.version < restarted_below
+            # Seen once is enough: the new controller's count soon passes the old one's.
+            restarted = restarted or snapshot.version < restarted_below
             if restarted and not gone & present and all(len(p.serving) >= p.target_size for p in snapshot.pools):
-                return time.monotonic() - started
+                return time.monotonic() - started, ""
+            missing = "; ".join(
+                [f"{p.name}: {len(p.serving)}/{p.target_size} serving "
+                 f"({', '.join(f'{r.replica_id} {r.health.value}' for r in p.replicas)})" for p in snapshot.pools]
+                + ([] if restarted else ["the controller has not restarted"])
+                + ([f"{len(gone & present)} killed actor(s) still listed"] if gone & present else []))
         except (ray.exceptions.RayError, asyncio.TimeoutError):
             pass
         await asyncio.sleep(0.25)
-    return None
+    return None, missing
 
 
 def actor_id(actor) -> str:
@@ -135,18 +160,20 @@ async def dead_actors(actors: list) -> frozenset[str]:
 
 
 async def run_faults(controller, cluster: LocalRayCluster, load: OpenLoop, staging: Path,
-                     records: list[FaultRecord]) -> None:
+                     records: list[FaultRecord], bounds_s: dict[str, float]) -> None:
     async def inject(name: str, kind: str, action, settle_s: float = 3.0, kills_controller: bool = False) -> None:
         table = await ask(controller.routing_table.remote)
-        started = time.monotonic()
+        started, started_unix = time.monotonic(), time.time()
         detail = action()
         if asyncio.iscoroutine(detail):
             detail = await detail
         gone = await dead_actors(list(table.actors.values())) if kind in ("replica", "node") else frozenset()
-        recovered = await wait_recovered(controller, started, RECOVERY_BOUND_S[kind], gone,
-                                         table.snapshot.version if kills_controller else None)
-        records.append(FaultRecord(name, kind, started, recovered, RECOVERY_BOUND_S[kind], str(detail or "")))
-        print(f"  {name}: recovered after {recovered if recovered is None else round(recovered, 1)} s", flush=True)
+        recovered, missing = await wait_recovered(controller, started, bounds_s[kind], gone,
+                                                  table.snapshot.version if kills_controller else None)
+        records.append(FaultRecord(name, kind, started, recovered, bounds_s[kind], str(detail or ""),
+                                   started_unix, missing))
+        print(f"  {name}: recovered after {recovered if recovered is None else round(recovered, 1)} s"
+              f"{' (' + missing + ')' if missing else ''}", flush=True)
         await asyncio.sleep(settle_s)
 
     await asyncio.sleep(5.0)
@@ -226,14 +253,18 @@ async def main_async(args) -> dict:
         url = deploy_from_import_path(config)
         controller = find_controller(CLUSTER)
         await asyncio.gather(oracle.start.remote(), controller.start.remote())
-        print(f"front door at {url}", flush=True)
+        engine_start_s = max(e.duration_s for e in await ask(controller.events.remote)
+                             if e.kind == ActionKind.SCALE and e.outcome.startswith("ok"))
+        bounds_s = recovery_bounds_s(engine_start_s)
+        print(f"front door at {url}; the slowest engine start took {engine_start_s:.1f} s, so the recovery bounds "
+              f"are {bounds_s}", flush=True)
         staging = Path(config.kv.shm_dir) / CLUSTER
         with running_prometheus(ray_metrics_targets(), PrometheusSettings(port=args.prometheus_port,
                                                                           scrape_interval_s=1.0)) as prometheus:
             load = OpenLoop(url, e.served_model_name, rate=args.rate, seed=args.seed)
             started = time.monotonic()
             load.start()
-            await run_faults(controller, cluster, load, staging, records)
+            await run_faults(controller, cluster, load, staging, records, bounds_s)
             await asyncio.sleep(5.0)
             outcomes = await load.stop()
             await asyncio.sleep(3.0)  # one more scrape
@@ -243,8 +274,13 @@ async def main_async(args) -> dict:
         answers = await asyncio.gather(*(oracle.greedy.remote(o.prompt, o.max_tokens) for o in finished))
         summary = summarize(outcomes, {o.request_id: a for o, a in zip(finished, answers, strict=True)})
         events = await ask(controller.events.remote)
-        return {"faults": [asdict(r) for r in records], **summary, "metrics": evidence,
-                "controller_events": Counter(f"{e.kind.value}:{e.outcome.split(':')[0]}" for e in events)}
+        return {"faults": [asdict(r) for r in records], **summary, "metrics": evidence, "engine_start_s": engine_start_s,
+                "controller_events": Counter(f"{e.kind.value}:{e.outcome.split(':')[0]}" for e in events),
+                # Those of the controller that runs now (a killed one's went with it).
+                "controller_event_log": [
+                    {"at_unix_s": e.at_s, "kind": e.kind.value, "reason": e.reason, "replica": e.replica,
+                     "pool": e.pool, "outcome": e.outcome[:200], "duration_s": round(e.duration_s, 2)}
+                    for e in events]}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -261,6 +297,8 @@ def main() -> None:
     parser.add_argument("--proxy-port", type=int, default=8361)
     parser.add_argument("--prometheus-port", type=int, default=9391)
     args = parser.parse_args()
+    # Stopped from outside (the test's time limit), the run still stops its Ray cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("chaos run terminated"))
     report = asyncio.run(main_async(args))
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "faults"}, indent=2))

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.engine
+# The whole run: a four-node cluster, four engines, eight faults with their recoveries. On
+# a slow two-core machine it takes longer than the suite's per-test limit (900 s).
+RUN_TIMEOUT_S = 1500
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(RUN_TIMEOUT_S + 120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,10 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("chaos") / "report.json"
-    run = subprocess.run([sys.executable, "-m", "tests.chaos.run", "--report", str(path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, f"chaos run failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    print(run.stdout)
+    with subprocess.Popen([sys.executable, "-m", "tests.chaos.run", "--report", str(path)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        try:
+            stdout, stderr = run.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            run.terminate()  # not a kill: the run stops its Ray cluster on the way out
+            stdout, stderr = run.communicate(timeout=60)
+            pytest.fail(f"chaos run took over {RUN_TIMEOUT_S} s:\n{stdout[-4000:]}\n{stderr[-4000:]}")
+    assert run.returncode == 0, f"chaos run failed:\n{stdout[-4000:]}\n{stderr[-4000:]}"
+    print(stdout)
     return json.loads(path.read_text())
 
 
@@ -38,9 +47,17 @@ def test_no_request_is_lost_and_every_answer_is_the_oracle_s(report):
 
 def test_capacity_recovers_within_the_stated_time_after_every_fault(report):
     assert len(report["faults"]) == 8
-    for fault in report["faults"]:
-        assert fault["recovered_after_s"] is not None, f"{fault['name']} never recovered"
-        assert fault["recovered_after_s"] <= fault["bound_s"], fault
+    late = [f"{f['name']} (bound {f['bound_s']:.0f} s): {f['missing']}\n{_events_after(report, f)}"
+            for f in report["faults"] if f["recovered_after_s"] is None or f["recovered_after_s"] > f["bound_s"]]
+    assert not late, "capacity not back in time after:\n" + "\n".join(late)
+
+
+def _events_after(report: dict, fault: dict) -> str:
+    """The controller's events from the fault until its bound ran out."""
+    start = fault["injected_at_unix_s"]
+    return "\n".join(f"  +{e['at_unix_s'] - start:6.1f} s {e['kind']} {e['reason']} {e['replica']}: {e['outcome']} "
+                     f"({e['duration_s']} s)" for e in report["controller_event_log"]
+                     if start <= e["at_unix_s"] <= start + fault["bound_s"] + 60)
 
 
 def test_each_fault_shows_in_the_metrics(report):

@@ -1,7 +1,8 @@
 """Parameter dropping on real engines: a group of two colocated replicas becomes one vLLM
 pipeline (each stage half the layers), gains the freed weights as KV blocks, and serves
 every request with the tokens of one plain engine — requests in flight at the drop (handed
-to the pipeline with their KV), during the pipeline phase and across the restore; a stage dying loses no request; under a burst
+to the pipeline with their KV), during the pipeline phase and across the restore (handed
+back to the members with their KV); a stage dying loses no request; under a burst
 the controller drops by itself and restores after. Its own cluster, with a replica memory
 budget where the weights are 70 % of it."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 
 import httpx
@@ -16,9 +18,8 @@ import pytest
 import ray
 
 from dashboards.build import load_generated
-from dashboards.queries import expand, panel_queries, variable_values
-
 from dashboards.elasticity import PANELS_AFTER_A_DROP
+from dashboards.queries import expand, panel_queries, variable_values
 from orchestrator.config import ClusterConfig, ControllerSettings, ParameterDropConfig, PoolConfig
 from orchestrator.controller import ControllerActor
 from orchestrator.events import ActionKind
@@ -76,7 +77,9 @@ async def _panels_without_data(prometheus: str, titles: tuple[str, ...]) -> list
 
 @pytest.fixture
 async def drop_client(drop_cluster):
-    client = TokenClient(drop_cluster[0], LoadAwareRouter(), TEST_ENGINE.block_size, refresh_s=0.2)
+    # Replays after a dead stage wait for the pool's repair to start both members again.
+    client = TokenClient(drop_cluster[0], LoadAwareRouter(), TEST_ENGINE.block_size, refresh_s=0.2,
+                         replica_wait_s=300.0)
     await client.start()
     yield client
     await client.close()
@@ -88,18 +91,36 @@ class Requests:
     def __init__(self, client: TokenClient):
         self._client = client
         self._running: list[tuple[list[int], int, asyncio.Task]] = []
+        self._decoding: list[asyncio.Event] = []
 
     def send(self, count: int, prompt_len: int, max_tokens: int, seed: int) -> None:
         for i in range(count):
             prompt = prompt_of(prompt_len, seed=seed + i)
-            task = asyncio.create_task(collect(self._client.generate(greedy_request(prompt, max_tokens))))
-            self._running.append((prompt, max_tokens, task))
+            decoding = asyncio.Event()
+            stream = _noting_decode(self._client.generate(greedy_request(prompt, max_tokens)), decoding)
+            self._running.append((prompt, max_tokens, asyncio.create_task(collect(stream))))
+            self._decoding.append(decoding)
+
+    async def all_decoding(self, timeout_s: float = 180) -> None:
+        """Every request has streamed tokens past its first: the replica it runs on has
+        decoded it (a decode replica's first step can come well after the prefill
+        replica's token), so it holds KV that a hand-over moves."""
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._decoding)), timeout_s)
 
     async def check(self, oracle) -> int:
         for prompt, max_tokens, task in self._running:
             tokens, _ = await task
             assert tokens == await oracle.greedy.remote(prompt, max_tokens)
         return len(self._running)
+
+
+async def _noting_decode(stream, decoding: asyncio.Event, tokens: int = 3):
+    streamed = 0
+    async for delta in stream:
+        streamed += len(delta.token_ids)
+        if streamed >= tokens:
+            decoding.set()
+        yield delta
 
 
 async def _serving(controller) -> list:
@@ -122,7 +143,7 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
 
     in_flight = Requests(drop_client)
     in_flight.send(4, prompt_len=150, max_tokens=200, seed=100)  # in flight at the drop
-    await asyncio.sleep(0.5)
+    await in_flight.all_decoding()
     pipeline_id = await controller.drop_parameters.remote(POOL)
     table = await controller.routing_table.remote()
     assert sorted(table.infos) == [pipeline_id]
@@ -130,7 +151,7 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     assert info.pipeline_stages == 2
     # The requests in flight moved with their KV: each stage loads its layers of it.
     [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP and e.replica == pipeline_id]
-    assert "4 running requests handed over with their KV" in drop.outcome, drop.outcome
+    assert "4 running requests handed over, 4 with their KV" in drop.outcome, drop.outcome
 
     async def imported_all() -> bool:
         totals = await table.actors[pipeline_id].connector_totals.remote()
@@ -157,9 +178,26 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     requests.send(4, prompt_len=200, max_tokens=60, seed=200)  # admitted by the pipeline
     # 13 blocks each: two on one restored member (29 blocks) fit, so the policy does not drop again.
     requests.send(3, prompt_len=100, max_tokens=300, seed=300)  # still running at the restore
-    await asyncio.sleep(2.0)
+    await requests.all_decoding()
+    await asyncio.sleep(1.0)
     members = await controller.restore_parameters.remote(pipeline_id)
     assert len(members) == 2
+    # Every request still running moved back with its KV (each had decoded, and the
+    # pipeline had blocks for all): the stages staged their layers, whichever micro-batch
+    # the request was in, merged into one file per request that each member loads whole.
+    [restore] = [e for e in await controller.events.remote()
+                 if e.kind == ActionKind.RESTORE and e.replica == pipeline_id]
+    moved, handed_back = map(int, re.search(r"(\d+) running requests handed over, (\d+) with their KV",
+                                            restore.outcome).groups())
+    assert handed_back == moved >= 3, restore.outcome
+    table = await controller.routing_table.remote()
+
+    async def members_imported_all() -> bool:
+        totals = [await table.actors[m].connector_totals.remote() for m in members]
+        return (sum(t["num_imports"] for t in totals) >= handed_back
+                and not any(t["num_import_failures"] for t in totals))
+
+    await wait_for(members_imported_all, 60, "the restored members to load the handed-back KV")
     assert await requests.check(oracle) == 7
     assert await _two_replicas_serving(controller)
 
@@ -250,19 +288,25 @@ async def test_a_decode_pool_drops_and_its_pipeline_takes_prefill_handoffs(decod
     try:
         in_flight = Requests(client)
         in_flight.send(4, prompt_len=150, max_tokens=200, seed=600)
-        await asyncio.sleep(0.5)
+        await in_flight.all_decoding()
         pipeline_id = await controller.drop_parameters.remote("decode")
         [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP]
-        assert "4 running requests handed over with their KV" in drop.outcome, drop.outcome
+        assert "4 running requests handed over, 4 with their KV" in drop.outcome, drop.outcome
         assert await in_flight.check(oracle) == 4
 
         handed_off = Requests(client)
         handed_off.send(4, prompt_len=200, max_tokens=40, seed=700)
         assert await handed_off.check(oracle) == 4
         table = await controller.routing_table.remote()
-        totals = await table.actors[pipeline_id].connector_totals.remote()
-        # 8 requests came with KV (4 handed over, 4 from the prefill replica), 2 stages each.
-        assert totals["num_imports"] >= 8 * 2 and totals["num_import_failures"] == 0, totals
+
+        async def imported_all() -> bool:
+            # 8 requests came with KV (4 handed over, 4 from the prefill replica), 2 stages
+            # each; the stages' counts reach the replica with the engine's step stats.
+            totals = await table.actors[pipeline_id].connector_totals.remote()
+            assert totals["num_import_failures"] == 0, totals
+            return totals["num_imports"] >= 8 * 2
+
+        await wait_for(imported_all, 30, "both stages to count every import")
 
         across = Requests(client)
         across.send(3, prompt_len=100, max_tokens=300, seed=800)

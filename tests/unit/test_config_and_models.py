@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,14 @@ def test_engine_spec_carries_kv_settings():
     args = spec.engine_args()
     assert args.kv_transfer_config.kv_connector == "TideKVConnector"
     assert args.kv_cache_memory_bytes == spec.kv_cache_bytes
+
+
+def test_a_single_stage_engine_runs_its_model_in_the_engine_core_process():
+    spec = ClusterConfig(name="c1").engine_spec("/models/x")
+    assert spec.process_env()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    pipeline = dataclasses.replace(spec, pipeline_stages=2)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in pipeline.process_env()
+    assert pipeline.engine_args().distributed_executor_backend == "mp"
 
 
 def test_model_build_is_deterministic(tmp_path):

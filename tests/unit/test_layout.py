@@ -11,11 +11,13 @@ from actors.kv.layout import (
     DirectKV,
     StagedKVError,
     load_staged_kv,
+    merge_staged_kv,
     plan_layout,
     read_header,
     read_staged,
     release_stage_import,
     release_staged_kv,
+    stage_part_path,
     write_direct_kv,
     write_staged_kv,
 )
@@ -171,3 +173,39 @@ def test_pipeline_stages_each_load_their_layers_and_the_last_one_releases(tmp_pa
             # The exporter holds its blocks until every stage is done.
             assert (os.path.exists(lease) or os.path.exists(lease + ".claimed")) == (rank == 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("block_dim", [0, 1])
+def test_stage_parts_merge_into_one_file_of_every_layer(tmp_path, block_dim):
+    """A pipeline's stages each stage their own layers of a request; the merged file loads
+    into an engine holding every layer exactly as one engine's own staged file would."""
+    src, dst = caches(block_dim, seed=1), caches(block_dim, seed=2)
+    names = list(src)
+    stages = [{n: src[n] for n in names[:2]}, {n: src[n] for n in names[2:]}]
+    block_ids = [5, 9, 2]
+    parts = [stage_part_path(tmp_path / "r.kv", rank) for rank in range(2)]
+    for part, layers in zip(parts, stages):
+        write_staged_kv(part, layers, block_ids, plan_layout(layers, block_dim, 32, 3, 96))
+    merged = merge_staged_kv(parts, tmp_path / "r.kv")
+    assert [c.name for c in merged.layers] == names
+    assert not any(part.exists() for part in parts)
+    whole = tmp_path / "whole.kv"
+    write_staged_kv(whole, src, block_ids, plan_layout(src, block_dim, 32, 3, 96))
+    from_one_engine = {k: v.clone() for k, v in dst.items()}
+    load_staged_kv(whole, from_one_engine, 0, [0, 1, 2])
+    load_staged_kv(tmp_path / "r.kv", dst, 0, [0, 1, 2])
+    for name in names:
+        assert torch.equal(dst[name], from_one_engine[name])
+        assert torch.equal(dst[name].select(block_dim, 1), src[name].select(block_dim, 9))
+
+
+def test_stage_parts_holding_other_blocks_are_not_merged(tmp_path):
+    src = caches(0)
+    names = list(src)
+    parts = [stage_part_path(tmp_path / "r.kv", rank) for rank in range(2)]
+    write_staged_kv(parts[0], {names[0]: src[names[0]]}, [1, 2], plan_layout({names[0]: src[names[0]]}, 0, 32, 2, 64))
+    write_staged_kv(parts[1], {names[1]: src[names[1]]}, [1, 2, 3],
+                    plan_layout({names[1]: src[names[1]]}, 0, 32, 3, 96))
+    with pytest.raises(StagedKVError, match="other blocks"):
+        merge_staged_kv(parts, tmp_path / "r.kv")
+    assert not (tmp_path / "r.kv").exists()
