@@ -116,9 +116,11 @@ async def _traffic(urls: dict[DataPath, str]) -> None:
 
 
 async def _stream_across_migrations(url: str, controller, prometheus: str, moves: int = 3) -> None:
-    """A stream the test moves between the decode and the colocated replica; each move
-    waits until Prometheus has scraped the one before (its stage count at the source and
-    its downtime at the front door), so the migration histograms rise across scrapes."""
+    """A stream the test moves between the decode and the colocated replica. Each move
+    waits until the stream runs on its holder (after the prefill handoff, or the move
+    before); the second waits until Prometheus has scraped the first (its stage count at
+    the source and its downtime at the front door), so the migration histograms rise
+    across scrapes. Only one such wait: a wait per move could outlast the stream."""
     table = await controller.routing_table.remote()
     [decode_id] = [r.replica_id for r in table.snapshot.serving(Role.DECODE)]
     [colocated_id] = [r.replica_id for r in table.snapshot.serving(Role.COLOCATED)]
@@ -131,14 +133,19 @@ async def _stream_across_migrations(url: str, controller, prometheus: str, moves
             return all([await _has_data(http, prometheus, f"sum({family}) >= {count}")
                         for family in ("ray_tide_migration_stages_count", "ray_tide_migration_downtime_seconds_count")])
 
+    async def runs_on(actor) -> bool:
+        return (await actor.stats.remote()).num_running > 0
+
     async def move_around():
         nonlocal holder, other
         for i, mode in enumerate(("pre_copy", "stop_and_copy", "pre_copy")[:moves]):
             await asyncio.sleep(1.0)
+            await wait_for(lambda: runs_on(holder[1]), 60, f"the stream to run on {holder[0]}")
             report = await holder[1].migrate_out.remote(other[0], other[1], mode)
             assert report.outcome == "migrated", report
             holder, other = other, holder
-            await wait_for(lambda: scraped(i + 1), 60, f"migration {i + 1} in Prometheus")
+            if i == 0:
+                await wait_for(lambda: scraped(1), 60, "the first migration in Prometheus")
 
     usage = None
     async with httpx.AsyncClient(timeout=120) as http:
