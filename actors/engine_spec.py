@@ -67,9 +67,17 @@ class EngineSpec:
         """Where an emulated device publishes its clock to its engine's process."""
         return Path(self.shm_dir) / "clocks" / replica_id
 
-    def engine_args(self, emulated_clock_file: Path | None = None):
+    def weights_gate_dir(self, replica_id: str) -> Path:
+        """Where a replica's engine waits before loading weights (actors/weights_gate.py)."""
+        return Path(self.shm_dir) / "gates" / replica_id
+
+    def engine_args(self, emulated_clock_file: Path | None = None, gated: bool = False):
+        """`gated`: the engine's processes wait at the weights gate named by the process
+        environment (TIDE_WEIGHTS_GATE) before they load weights."""
         from vllm.config import KVTransferConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
+
+        from actors.weights_gate import LOAD_FORMAT
 
         return AsyncEngineArgs(
             model=self.model,
@@ -83,6 +91,7 @@ class EngineSpec:
             enable_prefix_caching=self.enable_prefix_caching,
             enforce_eager=self.enforce_eager,
             seed=self.seed,
+            **({"load_format": LOAD_FORMAT} if gated else {}),
             worker_extension_cls="actors.pipeline_stage.PipelineStageExtension",
             **self._parallel_fields(),
             kv_transfer_config=KVTransferConfig(**self._kv_transfer_fields(emulated_clock_file)),
@@ -113,9 +122,9 @@ class EngineSpec:
         if self.pipeline_stages == 1:
             # The model runs inside the engine core process (vLLM's UniProcExecutor; its CPU
             # platform otherwise adds a worker process). One process fewer to start (a tiny
-            # engine here: 26-29 s -> 15 s), and no worker and core busy-polling each other's
-            # queue for a second after every step, which on a two-core machine starves the
-            # other engines. AsyncLLM still runs the engine core in its own process.
+            # engine here: see python -m bench.engine_start), and no worker and core
+            # busy-polling each other's queue for a second after every step, which on a
+            # two-core machine starves the other engines. AsyncLLM still runs the engine core in its own process.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if self.cpu_threads_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind

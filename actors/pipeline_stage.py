@@ -4,7 +4,10 @@ For a pipeline replica (parameter dropping: a vLLM engine whose workers each hol
 contiguous slice of the model's layers, one worker per member of the dropped group) it
 prepares and reports the stages; for any replica it stages a running request's KV
 without an engine step (a member handing its requests to the pipeline, or a pipeline's
-stages each staging their layers when the group restores)."""
+stages each staging their layers when the group restores).
+
+Importing it in the engine's processes also registers the gated weights loader
+(actors/weights_gate.py) before the model loads."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from vllm.distributed import get_pp_group
 from vllm.distributed.kv_transfer import get_kv_transfer_group, has_kv_transfer_group
 from vllm.model_executor.models.utils import PPMissingLayer
 
+from actors import weights_gate  # noqa: F401 - registers the load format `tide_gated`
 from actors.kv.layout import stage_part_path
 
 

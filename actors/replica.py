@@ -34,6 +34,7 @@ from actors.migration_metrics import MigrationMetrics
 from actors.replica_device import ReplicaDevice
 from actors.replica_streams import ChannelStreams, ReplicaNotStarted
 from actors.transfer_metrics import TransferMetrics
+from actors.weights_gate import GATE_ENV, GATE_TIMEOUT_ENV, WeightsGate
 from actors.messages import PrefillResult, ReplicaInfo, RequestTimings, TokenDelta, TokenRequest, TransferRecord
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
 
@@ -67,21 +68,36 @@ class ReplicaActor(ChannelStreams):
         self._transfer_metrics: TransferMetrics | None = None
         self._migration_metrics: MigrationMetrics | None = None
         self._device: ReplicaDevice | None = None
+        self._gate = WeightsGate(spec.weights_gate_dir(replica_id))
+        self._start_ended = False
         self._init_streams()
 
     # ---- lifecycle ----
-    async def start(self) -> ReplicaInfo:
+    async def start(self, gated_timeout_s: float | None = None) -> ReplicaInfo:
+        """Builds the engine. With `gated_timeout_s`, its processes stop before the
+        weights until `open_gate` (within that time, or the start fails): `wait_at_gate`
+        says when they are there."""
         if self._info is not None:
             return self._info
         os.environ.update(self.spec.process_env())
+        gated = gated_timeout_s is not None
+        if gated:
+            self._gate.reset()
+            os.environ[GATE_ENV] = str(self._gate.directory)
+            os.environ[GATE_TIMEOUT_ENV] = str(gated_timeout_s)
         # Opened first: a device left with a locked clock by a crashed process is reset, and
         # an emulated device publishes the clock file the engine reads.
         self._device = ReplicaDevice.open(self.spec, self.replica_id, self._identity, self._load)
         clock_file = self.spec.clock_file(self.replica_id) if self._device.emulated else None
-        self._engine = AsyncLLM.from_engine_args(
-            self.spec.engine_args(clock_file),
+        build = lambda: AsyncLLM.from_engine_args(  # noqa: E731
+            self.spec.engine_args(clock_file, gated=gated),
             stat_loggers=[self._load.stat_logger_factory(), engine_stat_logger(self._identity)],
         )
+        # A gated start waits for `open_gate`, so it must not hold the actor's event loop.
+        try:
+            self._engine = await asyncio.to_thread(build) if gated else build()
+        finally:
+            self._start_ended = True
         if self.spec.pipeline_stages > 1:
             await self._engine.collective_rpc("prepare_stage")
         self._transfer_metrics = TransferMetrics(self._identity)
@@ -103,6 +119,20 @@ class ReplicaActor(ChannelStreams):
         self._device.start_metering()
         return self._info
 
+    async def wait_at_gate(self, timeout_s: float) -> bool:
+        """True once every process of a gated start waits at the weights gate; False if
+        the start ended (failed) or the time ran out first. It may be called before the
+        start has begun."""
+        deadline = time.monotonic() + timeout_s
+        while self._gate.num_arrived() < self.spec.pipeline_stages:
+            if self._start_ended or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def open_gate(self) -> None:
+        self._gate.open()
+
     async def shutdown(self) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
@@ -113,6 +143,7 @@ class ReplicaActor(ChannelStreams):
             self._device.close()
             self._device = None
         self._sweep_staged_kv(older_than_s=0.0)
+        self._gate.remove()
 
     async def drain(self, timeout_s: float = 60.0) -> int:
         """Stops taking new requests (routers see DRAINING) and waits for the admitted ones

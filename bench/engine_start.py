@@ -18,16 +18,16 @@ import subprocess
 import sys
 import time
 
+from actors.engine_spec import EngineSpec
 from orchestrator.models import resolve_model
 
 MODES = {"in the engine core (Tide)": "0", "worker process (vLLM's default)": "1"}
 
 
 async def _measure(model: str, grace_s: float) -> dict[str, float]:
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    args = AsyncEngineArgs(model=model, kv_cache_memory_bytes=64 << 20, max_model_len=2048)
+    args = EngineSpec(model, kv_cache_bytes=64 << 20).engine_args()
     started = time.perf_counter()
     engine = AsyncLLM.from_engine_args(args)
     start_s = time.perf_counter() - started

@@ -287,18 +287,26 @@ class ControllerActor(ParameterDropping):
 
     def _new_replica(self, pool_name: str, spec: EngineSpec) -> ReplicaId:
         """Creates the replica's actor and counts it in its pool (starting) at once."""
+        replica_id, managed = self._create_replica(pool_name, spec)
+        self._replicas[replica_id] = managed
+        return replica_id
+
+    def _create_replica(self, pool_name: str, spec: EngineSpec) -> tuple[ReplicaId, _Managed]:
+        """Creates the replica's actor, not yet counted in its pool."""
         pool = self.config.pool(pool_name)
         replica_id = ReplicaId(f"{pool_name}-{self._next_index[pool_name]}")
         self._next_index[pool_name] += 1
         handle = ReplicaHandle.create(self.config.name, replica_id, pool, spec)
-        self._replicas[replica_id] = _Managed(handle=handle, pool=pool_name, num_members=spec.pipeline_stages)
-        return replica_id
+        return replica_id, _Managed(handle=handle, pool=pool_name, num_members=spec.pipeline_stages)
 
-    async def _bring_up(self, replica_id: ReplicaId, reason: str) -> bool:
-        managed = self._replicas[replica_id]
+    async def _bring_up(self, replica_id: ReplicaId, reason: str, managed: _Managed | None = None,
+                        gated: bool = False) -> bool:
+        """Starts the engine of a counted replica, or of `managed` (not counted yet).
+        `gated`: the engine waits before its weights until its gate is opened."""
+        managed = managed or self._replicas[replica_id]
         started = time.perf_counter()
         try:
-            managed.info = await managed.handle.start(self.config.controller.start_timeout_s)
+            managed.info = await managed.handle.start(self.config.controller.start_timeout_s, gated)
             managed.last_ok_at_s = time.time()
         except Exception as exc:  # noqa: BLE001 - any start failure is recorded and retried
             self._replicas.pop(replica_id, None)

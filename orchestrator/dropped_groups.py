@@ -25,6 +25,9 @@ class DroppedGroups:
     def add(self, group: DroppedGroup) -> None:
         self._groups[group.serving_as] = group
 
+    def group(self, pipeline_id: ReplicaId) -> DroppedGroup | None:
+        return self._groups.get(pipeline_id)
+
     def remove(self, pipeline_id: ReplicaId) -> DroppedGroup | None:
         return self._groups.pop(pipeline_id, None)
 

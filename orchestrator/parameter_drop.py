@@ -4,13 +4,14 @@ Drop: the members stop and one pipeline replica takes their place: a vLLM engine
 pipeline parallelism over the members' devices (`pipeline_stages` = g), each stage holding
 a contiguous 1/g of the layers and, in what the other layers' weights leave of its memory,
 KV for its layers only, so the group holds weight_blocks x (g - 1) more blocks. Restore:
-the pipeline stops and g replicas start again. The switch is a relaunch: from the members'
-stop to the pipeline's first step the group serves nothing, and the same holds for a
-restore. At a drop the members' running requests are handed to the pipeline with their
-KV staged (each stage loads its own layers of it) and go on there once it serves; at a
-restore the pipeline's running requests are split over the members the same way (each
-stage stages its layers; the parts become one file of every layer). Both durations are
-controller events (kind drop / restore) and metrics.
+the pipeline stops and g replicas start again. The new engines start while the group still
+serves, as far as their weights (actors/weights_gate.py: processes, imports, distributed
+set-up; no weights, no KV); then the switch: the running requests are handed over with
+their KV staged (at a drop each stage loads its own layers of it; at a restore each stage
+stages its layers and the parts become one file of every layer), the old engines stop, the
+gates open, and the new engines load their weights, allocate KV and serve. The group
+serves nothing only during the switch, which is the drop / restore event's duration and
+metric; the start behind the gates is in the event's outcome.
 
 A pipeline that dies (any stage's process) is replaced like any dead replica; its group is
 forgotten, and the pool's repair starts the other members again.
@@ -95,57 +96,100 @@ class ParameterDropping:
                          outcome="failed: members not serving alone, or no replica memory budget configured")
             return None
         spec = dataclasses.replace(self.spec, pipeline_stages=g, kv_cache_bytes=self._memory.kv_bytes(g))
-        # One step, no await: the pool never counts fewer members than it has.
-        for member_id in action.members:
-            self._replicas.pop(member_id)
-        pipeline_id = self._new_replica(action.pool, spec)
+        pipeline_id, pipeline = self._create_replica(action.pool, spec)
         self._drops.switching.update((pipeline_id, *action.members))
-        restored_blocks = g * self._memory.num_blocks(1)
-        self._drops.add(DroppedGroup(action.pool, action.members, time.time(), pipeline_id, restored_blocks,
-                                     pinned=action.reason == "manual"))
         try:
+            # The members serve on (and take requests) while the pipeline starts.
+            [start] = await self._start_behind_gates({pipeline_id: pipeline}, f"drop:{action.reason}")
+            if start is None:
+                self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
+                             outcome="failed: the pipeline did not reach its weights; the members serve on")
+                return None
+            prestart_s = time.perf_counter() - started
+            switch_started = time.perf_counter()
+            # One step, no await: the pool never counts fewer members than it has.
+            for member_id in action.members:
+                self._replicas.pop(member_id)
+            self._replicas[pipeline_id] = pipeline
+            restored_blocks = g * self._memory.num_blocks(1)
+            self._drops.add(DroppedGroup(action.pool, action.members, time.time(), pipeline_id, restored_blocks,
+                                         pinned=action.reason == "manual"))
             # The members' running requests move to the pipeline with their KV staged, and
             # continue there once it serves; then the members' devices are freed for it.
             moved = await asyncio.gather(*(m.handle.hand_over_all([pipeline_id], self.config.controller.health_timeout_s)
                                            for m in members))
             await asyncio.gather(*(m.handle.shutdown() for m in members))
-            up = await self._bring_up(pipeline_id, reason=f"drop:{action.reason}")
+            (up,) = await self._open_gates({pipeline_id: pipeline}, [start])
         finally:
             self._drops.switching.difference_update((pipeline_id, *action.members))
         if not up:
             self._drops.remove(pipeline_id)
-            self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
+            self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, switch_started,
                          outcome="failed: the pipeline did not start; the pool's repair restarts the members")
             return None
         # The group's time dropped counts from when the pipeline serves.
         self._drops.add(dataclasses.replace(self._drops.remove(pipeline_id), since_s=time.time()))
         gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
-        self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
+        self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, switch_started,
                      outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks, "
-                             f"{handed_over(moved)}")
+                             f"{handed_over(moved)}, {started_behind_gates(prestart_s)}")
         return pipeline_id
 
     async def _restore(self, pipeline_id: ReplicaId, reason: str) -> list[ReplicaId]:
         started = time.perf_counter()
-        group = self._drops.remove(pipeline_id)
+        group = self._drops.group(pipeline_id)
         pipeline = self._replicas.get(pipeline_id)
-        if group is None or pipeline is None:
+        if group is None or pipeline is None or pipeline_id in self._drops.switching:
             return []
-        member_ids = [self._new_replica(group.pool, self.spec) for _ in group.members]
-        self._replicas.pop(pipeline_id)
-        self._drops.switching.update(member_ids)
+        members = dict(self._create_replica(group.pool, self.spec) for _ in group.members)
+        member_ids = list(members)
+        self._drops.switching.update((pipeline_id, *member_ids))
         try:
+            # The pipeline serves on while the members start.
+            starts = await self._start_behind_gates(members, f"restore:{reason}")
+            if None in starts:
+                self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, started,
+                             outcome="failed: the members did not reach their weights; the pipeline serves on")
+                return []
+            prestart_s = time.perf_counter() - started
+            switch_started = time.perf_counter()
+            # One step, no await, as at a drop.
+            self._drops.remove(pipeline_id)
+            self._replicas.pop(pipeline_id)
+            self._replicas.update(members)
             # The pipeline's running requests are split over the members with their KV
             # (each stage stages its layers) and continue there once they serve.
             moved = await pipeline.handle.hand_over_all(member_ids, self.config.controller.health_timeout_s)
             await pipeline.handle.shutdown()
-            up = await asyncio.gather(*(self._bring_up(m, reason=f"restore:{reason}") for m in member_ids))
+            up = await self._open_gates(members, starts)
         finally:
-            self._drops.switching.difference_update(member_ids)
+            self._drops.switching.difference_update((pipeline_id, *member_ids))
         outcome = "ok" if all(up) else "failed: some members did not start; the pool's repair retries them"
-        self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, started,
-                     outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}, {handed_over([moved])}")
+        self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, switch_started,
+                     outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}, {handed_over([moved])}, "
+                             f"{started_behind_gates(prestart_s)}")
         return [m for m, ok in zip(member_ids, up) if ok]
+
+    async def _start_behind_gates(self, replicas: dict, reason: str) -> list[asyncio.Task | None]:
+        """Starts the engines of `replicas` (not counted in their pool yet) as far as their
+        weights (actors/weights_gate.py) while the replicas they replace still serve: the
+        start-ups to finish with `_open_gates`. If any engine does not get there, all are
+        stopped and the list holds None."""
+        starts = [asyncio.ensure_future(self._bring_up(replica_id, reason, managed, gated=True))
+                  for replica_id, managed in replicas.items()]
+        timeout_s = self.config.controller.start_timeout_s
+        at_gates = await asyncio.gather(*(m.handle.wait_at_gate(timeout_s) for m in replicas.values()))
+        if all(at_gates):
+            return starts
+        for managed in replicas.values():
+            managed.handle.kill()
+        await asyncio.gather(*starts, return_exceptions=True)
+        return [None] * len(starts)
+
+    async def _open_gates(self, replicas: dict, starts: list) -> list[bool]:
+        for managed in replicas.values():
+            await managed.handle.open_gate()
+        return list(await asyncio.gather(*starts))
 
     def _forget_lost_pipelines(self) -> None:
         """A dead pipeline is replaced by the pool's repair; its group is over."""
@@ -169,6 +213,10 @@ class ParameterDropping:
             if p.name == pool:
                 return p
         raise KeyError(pool)
+
+
+def started_behind_gates(seconds: float) -> str:
+    return f"engines started behind their weights gates in {seconds:.1f} s while the group served"
 
 
 def handed_over(moved: list[tuple[int, int]]) -> str:

@@ -45,8 +45,23 @@ class ReplicaHandle:
         ).remote(replica_id, pool.name, pool.role, spec)
         return cls(replica_id, actor)
 
-    async def start(self, timeout_s: float) -> ReplicaInfo:
-        return await asyncio.wait_for(self.actor.start.remote(), timeout_s)
+    async def start(self, timeout_s: float, gated: bool = False) -> ReplicaInfo:
+        """`gated`: the engine waits before its weights until `open_gate` (see
+        actors/weights_gate.py), within `timeout_s`."""
+        return await asyncio.wait_for(self.actor.start.remote(timeout_s if gated else None), timeout_s)
+
+    async def wait_at_gate(self, timeout_s: float) -> bool:
+        try:
+            return await asyncio.wait_for(self.actor.wait_at_gate.remote(timeout_s), timeout_s + 5)
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            return False
+
+    async def open_gate(self) -> None:
+        """A replica that died behind its gate fails its start instead."""
+        try:
+            await self.actor.open_gate.remote()
+        except ray.exceptions.RayError:
+            pass
 
     async def stats(self, timeout_s: float) -> ReplicaSnapshot:
         return await asyncio.wait_for(self.actor.stats.remote(), timeout_s)

@@ -91,36 +91,48 @@ class Requests:
     def __init__(self, client: TokenClient):
         self._client = client
         self._running: list[tuple[list[int], int, asyncio.Task]] = []
-        self._decoding: list[asyncio.Event] = []
 
     def send(self, count: int, prompt_len: int, max_tokens: int, seed: int) -> None:
         for i in range(count):
             prompt = prompt_of(prompt_len, seed=seed + i)
-            decoding = asyncio.Event()
-            stream = _noting_decode(self._client.generate(greedy_request(prompt, max_tokens)), decoding)
+            stream = self._client.generate(greedy_request(prompt, max_tokens))
             self._running.append((prompt, max_tokens, asyncio.create_task(collect(stream))))
-            self._decoding.append(decoding)
 
-    async def all_decoding(self, timeout_s: float = 180) -> None:
-        """Every request has streamed tokens past its first: the replica it runs on has
-        decoded it (a decode replica's first step can come well after the prefill
-        replica's token), so it holds KV that a hand-over moves."""
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._decoding)), timeout_s)
+    def num_unfinished(self) -> int:
+        return sum(1 for _, _, task in self._running if not task.done())
 
     async def check(self, oracle) -> int:
-        for prompt, max_tokens, task in self._running:
-            tokens, _ = await task
-            assert tokens == await oracle.greedy.remote(prompt, max_tokens)
+        """The oracle runs them all at once (one engine batches them)."""
+        got = await asyncio.gather(*(task for _, _, task in self._running))
+        expected = await asyncio.gather(*(oracle.greedy.remote(prompt, n) for prompt, n, _ in self._running))
+        for (tokens, _), want in zip(got, expected):
+            assert tokens == want
         return len(self._running)
 
 
-async def _noting_decode(stream, decoding: asyncio.Event, tokens: int = 3):
-    streamed = 0
-    async for delta in stream:
-        streamed += len(delta.token_ids)
-        if streamed >= tokens:
-            decoding.set()
-        yield delta
+async def _keeping_in_flight(action, requests: Requests, count: int, prompt_len: int, max_tokens: int, seed: int):
+    """Awaits a drop or restore (a Ray call) while keeping `count` requests in flight: the
+    group serves on while the new engines start behind their weights gates, so requests
+    run at the switch whenever it comes."""
+    async def awaited():
+        return await action
+
+    done = asyncio.create_task(awaited())
+    while not done.done():
+        while requests.num_unfinished() < count:
+            requests.send(1, prompt_len, max_tokens, seed)
+            seed += 1
+        await asyncio.wait({done}, timeout=0.1)
+    return done.result()
+
+
+def _handed_over(outcome: str, at_least: int) -> int:
+    """How many requests a switch handed over with their KV: at least `at_least - 1` of the
+    requests kept in flight (one may have just finished, or just been sent and not yet
+    hold KV)."""
+    moved, with_kv = map(int, re.search(r"(\d+) running requests handed over, (\d+) with their KV", outcome).groups())
+    assert moved >= at_least - 1 and with_kv >= moved - 1 and with_kv >= 1, outcome
+    return with_kv
 
 
 async def _serving(controller) -> list:
@@ -141,24 +153,23 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     single_blocks = [table.infos[r].num_total_blocks for r in before]
     [single_stage] = await table.actors[before[0]].stage_memory.remote()
 
-    in_flight = Requests(drop_client)
-    in_flight.send(4, prompt_len=150, max_tokens=200, seed=100)  # in flight at the drop
-    await in_flight.all_decoding()
-    pipeline_id = await controller.drop_parameters.remote(POOL)
+    in_flight = Requests(drop_client)  # in flight at the drop: 4 at a time, 10 blocks each
+    pipeline_id = await _keeping_in_flight(controller.drop_parameters.remote(POOL), in_flight, 4,
+                                           prompt_len=100, max_tokens=200, seed=100)
     table = await controller.routing_table.remote()
     assert sorted(table.infos) == [pipeline_id]
     info = table.infos[pipeline_id]
     assert info.pipeline_stages == 2
     # The requests in flight moved with their KV: each stage loads its layers of it.
     [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP and e.replica == pipeline_id]
-    assert "4 running requests handed over, 4 with their KV" in drop.outcome, drop.outcome
+    with_kv = _handed_over(drop.outcome, at_least=4)
 
     async def imported_all() -> bool:
         totals = await table.actors[pipeline_id].connector_totals.remote()
-        return totals["num_imports"] >= 4 * info.pipeline_stages and totals["num_import_failures"] == 0
+        return totals["num_imports"] >= with_kv * info.pipeline_stages and totals["num_import_failures"] == 0
 
     await wait_for(imported_all, 60, "the pipeline's stages to load the handed-over KV")
-    assert await in_flight.check(oracle) == 4
+    assert await in_flight.check(oracle) >= 4
 
     # Memory: the group's blocks grew by the freed weights (one replica's weights) within 5 %.
     gained = info.num_total_blocks - sum(single_blocks)
@@ -174,22 +185,21 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
                  f'max(ray_tide_pool_pipeline_gained_kv_blocks{{cluster="tidedrop"}}) == {gained}'):
         await wait_for(lambda: _has_data(prometheus, expr), 30, expr)
 
+    admitted = Requests(drop_client)
+    admitted.send(4, prompt_len=200, max_tokens=60, seed=200)  # admitted by the pipeline
+    assert await admitted.check(oracle) == 4
+    # Running at the restore, 3 at a time: 13 blocks each, so two on one restored member
+    # (29 blocks) fit and the policy does not drop again.
     requests = Requests(drop_client)
-    requests.send(4, prompt_len=200, max_tokens=60, seed=200)  # admitted by the pipeline
-    # 13 blocks each: two on one restored member (29 blocks) fit, so the policy does not drop again.
-    requests.send(3, prompt_len=100, max_tokens=300, seed=300)  # still running at the restore
-    await requests.all_decoding()
-    await asyncio.sleep(1.0)
-    members = await controller.restore_parameters.remote(pipeline_id)
+    members = await _keeping_in_flight(controller.restore_parameters.remote(pipeline_id), requests, 3,
+                                       prompt_len=100, max_tokens=300, seed=300)
     assert len(members) == 2
-    # Every request still running moved back with its KV (each had decoded, and the
-    # pipeline had blocks for all): the stages staged their layers, whichever micro-batch
-    # the request was in, merged into one file per request that each member loads whole.
+    # The requests running moved back with their KV: the stages staged their layers,
+    # whichever micro-batch the request was in, merged into one file per request that
+    # each member loads whole.
     [restore] = [e for e in await controller.events.remote()
                  if e.kind == ActionKind.RESTORE and e.replica == pipeline_id]
-    moved, handed_back = map(int, re.search(r"(\d+) running requests handed over, (\d+) with their KV",
-                                            restore.outcome).groups())
-    assert handed_back == moved >= 3, restore.outcome
+    handed_back = _handed_over(restore.outcome, at_least=3)
     table = await controller.routing_table.remote()
 
     async def members_imported_all() -> bool:
@@ -198,7 +208,7 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
                 and not any(t["num_import_failures"] for t in totals))
 
     await wait_for(members_imported_all, 60, "the restored members to load the handed-back KV")
-    assert await requests.check(oracle) == 7
+    assert await requests.check(oracle) >= 3
     assert await _two_replicas_serving(controller)
 
     events = await controller.events.remote()
@@ -287,12 +297,11 @@ async def test_a_decode_pool_drops_and_its_pipeline_takes_prefill_handoffs(decod
     await client.start()
     try:
         in_flight = Requests(client)
-        in_flight.send(4, prompt_len=150, max_tokens=200, seed=600)
-        await in_flight.all_decoding()
-        pipeline_id = await controller.drop_parameters.remote("decode")
+        pipeline_id = await _keeping_in_flight(controller.drop_parameters.remote("decode"), in_flight, 4,
+                                               prompt_len=100, max_tokens=200, seed=600)
         [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP]
-        assert "4 running requests handed over, 4 with their KV" in drop.outcome, drop.outcome
-        assert await in_flight.check(oracle) == 4
+        with_kv = _handed_over(drop.outcome, at_least=4)
+        assert await in_flight.check(oracle) >= 4
 
         handed_off = Requests(client)
         handed_off.send(4, prompt_len=200, max_tokens=40, seed=700)
@@ -300,18 +309,18 @@ async def test_a_decode_pool_drops_and_its_pipeline_takes_prefill_handoffs(decod
         table = await controller.routing_table.remote()
 
         async def imported_all() -> bool:
-            # 8 requests came with KV (4 handed over, 4 from the prefill replica), 2 stages
+            # The requests handed over with KV and 4 from the prefill replica, 2 stages
             # each; the stages' counts reach the replica with the engine's step stats.
             totals = await table.actors[pipeline_id].connector_totals.remote()
             assert totals["num_import_failures"] == 0, totals
-            return totals["num_imports"] >= 8 * 2
+            return totals["num_imports"] >= (with_kv + 4) * 2
 
         await wait_for(imported_all, 30, "both stages to count every import")
 
         across = Requests(client)
-        across.send(3, prompt_len=100, max_tokens=300, seed=800)
-        await asyncio.sleep(1.0)
-        assert len(await controller.restore_parameters.remote(pipeline_id)) == 2
-        assert await across.check(oracle) == 3
+        members = await _keeping_in_flight(controller.restore_parameters.remote(pipeline_id), across, 3,
+                                           prompt_len=100, max_tokens=300, seed=800)
+        assert len(members) == 2
+        assert await across.check(oracle) >= 3
     finally:
         await client.close()
