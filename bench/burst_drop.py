@@ -1,5 +1,7 @@
 """A memory burst on real engines: P99 TTFT and P99 TPOT with parameter dropping, against
-no drop (requests queue for KV: vLLM's default) and migration alone, in one run.
+no drop (requests queue for KV: vLLM's default) and migration alone, in one run. Parameter
+dropping twice: with the new engines started behind their weights gates while the group
+serves (the default), and with a cold switch (the old engines stop, then the new start).
 
 Two colocated replicas of the model under a replica memory budget where the weights are
 most of it (--budget-mb; 90 % for `small` by default, as for a 70B-class model on two
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +47,8 @@ class Result:
     drops: int
     restores: int
     switch_s: tuple[float, ...]
+    # Each switch's new engine start behind its weights gate, while the group served.
+    behind_gate_s: tuple[float, ...]
     migrations: int
 
 
@@ -62,15 +67,26 @@ def burst_arrivals(base_rate: float, factor: float, base_s: float, burst_s: floa
     return arrivals
 
 
-async def run_setup(name: str, args, arrivals: list[float], drop: bool, migration: bool) -> Result:
+# (parameter dropping, migration, the new engines started behind their weights gates)
+SETUPS = {
+    "no drop": (False, False, True),
+    "migration alone": (False, True, True),
+    "parameter dropping": (True, False, True),
+    "parameter dropping, cold switch": (True, False, False),
+}
+
+
+async def run_setup(name: str, args, arrivals: list[float], drop: bool, migration: bool,
+                    behind_gate: bool = True) -> Result:
     config = ClusterConfig(
-        name="bench-burst-" + name.replace(" ", "-"),
+        name="bench-burst-" + re.sub(r"[^a-z0-9]+", "-", name),
         engine=EngineConfig(model=args.model, max_model_len=args.max_model_len, cpu_threads_bind="nobind",
                             max_num_seqs=64),
         pools=(PoolConfig(name="colocated", role=Role.COLOCATED, num_replicas=2),),
         controller=ControllerSettings(tick_s=0.25, start_timeout_s=600.0),
         parameter_drop=ParameterDropConfig(enabled=drop, replica_memory_bytes=args.budget_mb * 10**6,
-                                           min_dropped_s=args.min_dropped_s, drop_usage=args.drop_usage),
+                                           min_dropped_s=args.min_dropped_s, drop_usage=args.drop_usage,
+                                           start_behind_gate=behind_gate),
         migration=MigrationConfig(enabled=migration),
     )
     model_path = resolve_model(args.model)
@@ -98,11 +114,12 @@ async def run_setup(name: str, args, arrivals: list[float], drop: bool, migratio
         name, len(done), n - len(done), pct(ttfts, 50), pct(ttfts, 99), pct(tpots, 50), pct(tpots, 99),
         sum(1 for e in switches if e.kind == ActionKind.DROP), sum(1 for e in switches if e.kind == ActionKind.RESTORE),
         tuple(round(e.duration_s, 2) for e in switches),
+        tuple(float(m.group(1)) for e in switches if (m := re.search(r"gates in ([\d.]+) s", e.outcome))),
         sum(1 for e in events if e.kind == ActionKind.MIGRATE and e.outcome == "ok"),
     )
     print(f"[{name}] completed {result.completed}/{n}  TTFT p50 {result.p50_ttft_s:.2f} s p99 {result.p99_ttft_s:.2f} s  "
           f"TPOT p50 {result.p50_tpot_s * 1e3:.0f} ms p99 {result.p99_tpot_s * 1e3:.0f} ms  drops {result.drops} "
-          f"restores {result.restores} switch s {list(result.switch_s)}  migrations {result.migrations}", flush=True)
+          f"restores {result.restores} switch s {list(result.switch_s)} (started behind the gate in {list(result.behind_gate_s)} s)  migrations {result.migrations}", flush=True)
     return result
 
 
@@ -123,17 +140,16 @@ def main() -> None:
                         help="KV usage at which a replica votes (KunServe: 0.95; with requests of 20 blocks in 49 the "
                         "usage of a full replica stays near 80 %%)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--setups", nargs="+", default=["no drop", "migration alone", "parameter dropping"])
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     parser.add_argument("--out", default="bench/results/burst_drop.json")
     args = parser.parse_args()
     arrivals = burst_arrivals(args.base_rate, args.burst_factor, args.base_s, args.burst_s, args.after_s, args.seed)
     print(f"{len(arrivals)} requests of {args.prompt} + {args.output} tokens", flush=True)
     ray.init(include_dashboard=False, log_to_driver=False, namespace="tide-bench")
-    flags = {"no drop": (False, False), "migration alone": (False, True), "parameter dropping": (True, False)}
-    results = [asyncio.run(run_setup(name, args, arrivals, *flags[name])) for name in args.setups]
+    results = [asyncio.run(run_setup(name, args, arrivals, *SETUPS[name])) for name in args.setups]
     base = results[0]
     for r in results:
-        print(f"{r.setup:<20} P99 TTFT {r.p99_ttft_s:7.2f} s ({base.p99_ttft_s / r.p99_ttft_s:4.2f}x lower than "
+        print(f"{r.setup:<36} P99 TTFT {r.p99_ttft_s:7.2f} s ({base.p99_ttft_s / r.p99_ttft_s:4.2f}x lower than "
               f"{base.setup})  P99 TPOT {r.p99_tpot_s * 1e3:6.0f} ms ({r.p99_tpot_s / base.p99_tpot_s:4.2f}x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"command": "python -m bench.burst_drop", "args": vars(args),

@@ -36,8 +36,9 @@ def build() -> dashboard.Dashboard:
         .with_panel(graph(SWITCH_TIME_PANEL, "s", [
             query(f'max by (kind, pool) (ray_tide_controller_action_last_duration_seconds{{{POOLS}, kind=~"drop|restore"}})',
                   "{{kind}} {{pool}}")],
-            "From the members' (or the pipeline's) stop to the new engine serving: the group serves nothing "
-            "meanwhile; its requests replay on the new engine."))
+            "From the hand-over to the new engine serving: the running requests move with their KV, the old "
+            "engines stop, the new one (started behind its weights gate while the group served) loads its "
+            "weights and KV. The group serves nothing meanwhile."))
         .with_row(dashboard.Row("Controller actions"))
         .with_panel(graph("Actions by kind, reason and outcome", "short", [
             query(f"sum by (kind, reason, outcome) (increase(ray_tide_controller_actions_total{{{POOLS}}}[{RATE}]))",

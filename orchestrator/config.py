@@ -117,6 +117,10 @@ class ParameterDropConfig(_Frozen):
     max_group_size: int = Field(2, ge=2)
     min_dropped_s: float = Field(10.0, ge=0, description="a group serves dropped at least this long before the "
                                  "policy restores it")
+    start_behind_gate: bool = Field(
+        True, description="start the new engines while the group serves, as far as their weights, and switch "
+        "once they are there (actors/weights_gate.py); off: stop the old engines first, then start the new ones. "
+        "On a GPU node the start costs the serving engines nothing; on a few CPU cores it competes with them")
 
     @model_validator(mode="after")
     def _budget_when_enabled(self) -> ParameterDropConfig:

@@ -100,8 +100,8 @@ class ParameterDropping:
         self._drops.switching.update((pipeline_id, *action.members))
         try:
             # The members serve on (and take requests) while the pipeline starts.
-            [start] = await self._start_behind_gates({pipeline_id: pipeline}, f"drop:{action.reason}")
-            if start is None:
+            starts = await self._start_behind_gates({pipeline_id: pipeline}, f"drop:{action.reason}")
+            if None in starts:
                 self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
                              outcome="failed: the pipeline did not reach its weights; the members serve on")
                 return None
@@ -119,7 +119,7 @@ class ParameterDropping:
             moved = await asyncio.gather(*(m.handle.hand_over_all([pipeline_id], self.config.controller.health_timeout_s)
                                            for m in members))
             await asyncio.gather(*(m.handle.shutdown() for m in members))
-            (up,) = await self._open_gates({pipeline_id: pipeline}, [start])
+            (up,) = await self._open_gates({pipeline_id: pipeline}, starts, f"drop:{action.reason}")
         finally:
             self._drops.switching.difference_update((pipeline_id, *action.members))
         if not up:
@@ -132,7 +132,7 @@ class ParameterDropping:
         gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
         self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, switch_started,
                      outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks, "
-                             f"{handed_over(moved)}, {started_behind_gates(prestart_s)}")
+                             f"{handed_over(moved)}, {started_behind_gates(prestart_s, bool(starts))}")
         return pipeline_id
 
     async def _restore(self, pipeline_id: ReplicaId, reason: str) -> list[ReplicaId]:
@@ -161,20 +161,23 @@ class ParameterDropping:
             # (each stage stages its layers) and continue there once they serve.
             moved = await pipeline.handle.hand_over_all(member_ids, self.config.controller.health_timeout_s)
             await pipeline.handle.shutdown()
-            up = await self._open_gates(members, starts)
+            up = await self._open_gates(members, starts, f"restore:{reason}")
         finally:
             self._drops.switching.difference_update((pipeline_id, *member_ids))
         outcome = "ok" if all(up) else "failed: some members did not start; the pool's repair retries them"
         self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, switch_started,
                      outcome=f"{outcome}: {pipeline_id} -> {','.join(member_ids)}, {handed_over([moved])}, "
-                             f"{started_behind_gates(prestart_s)}")
+                             f"{started_behind_gates(prestart_s, bool(starts))}")
         return [m for m, ok in zip(member_ids, up) if ok]
 
     async def _start_behind_gates(self, replicas: dict, reason: str) -> list[asyncio.Task | None]:
         """Starts the engines of `replicas` (not counted in their pool yet) as far as their
         weights (actors/weights_gate.py) while the replicas they replace still serve: the
         start-ups to finish with `_open_gates`. If any engine does not get there, all are
-        stopped and the list holds None."""
+        stopped and the list holds None. With `start_behind_gate` off, nothing starts
+        here: `_open_gates` starts the engines."""
+        if not self.config.parameter_drop.start_behind_gate:
+            return []
         starts = [asyncio.ensure_future(self._bring_up(replica_id, reason, managed, gated=True))
                   for replica_id, managed in replicas.items()]
         timeout_s = self.config.controller.start_timeout_s
@@ -186,7 +189,10 @@ class ParameterDropping:
         await asyncio.gather(*starts, return_exceptions=True)
         return [None] * len(starts)
 
-    async def _open_gates(self, replicas: dict, starts: list) -> list[bool]:
+    async def _open_gates(self, replicas: dict, starts: list, reason: str) -> list[bool]:
+        if not starts:  # started cold, now that the old engines have stopped
+            return list(await asyncio.gather(*(self._bring_up(replica_id, reason, managed)
+                                               for replica_id, managed in replicas.items())))
         for managed in replicas.values():
             await managed.handle.open_gate()
         return list(await asyncio.gather(*starts))
@@ -215,7 +221,9 @@ class ParameterDropping:
         raise KeyError(pool)
 
 
-def started_behind_gates(seconds: float) -> str:
+def started_behind_gates(seconds: float, behind_gate: bool = True) -> str:
+    if not behind_gate:
+        return "engines started once the old ones stopped"
     return f"engines started behind their weights gates in {seconds:.1f} s while the group served"
 
 

@@ -91,12 +91,21 @@ class Requests:
     def __init__(self, client: TokenClient):
         self._client = client
         self._running: list[tuple[list[int], int, asyncio.Task]] = []
+        self._decoding: list[asyncio.Event] = []
 
     def send(self, count: int, prompt_len: int, max_tokens: int, seed: int) -> None:
         for i in range(count):
             prompt = prompt_of(prompt_len, seed=seed + i)
-            stream = self._client.generate(greedy_request(prompt, max_tokens))
+            decoding = asyncio.Event()
+            stream = _noting_decode(self._client.generate(greedy_request(prompt, max_tokens)), decoding)
             self._running.append((prompt, max_tokens, asyncio.create_task(collect(stream))))
+            self._decoding.append(decoding)
+
+    async def all_decoding(self, timeout_s: float = 180) -> None:
+        """Every request has streamed tokens past its first: the replica it runs on has
+        decoded it (a decode replica's first step can come well after the prefill
+        replica's token), so it holds KV that a hand-over moves."""
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._decoding)), timeout_s)
 
     def num_unfinished(self) -> int:
         return sum(1 for _, _, task in self._running if not task.done())
@@ -111,11 +120,15 @@ class Requests:
 
 
 async def _keeping_in_flight(action, requests: Requests, count: int, prompt_len: int, max_tokens: int, seed: int):
-    """Awaits a drop or restore (a Ray call) while keeping `count` requests in flight: the
-    group serves on while the new engines start behind their weights gates, so requests
-    run at the switch whenever it comes."""
+    """Runs a drop or restore (`action()`, a Ray call) once `count` requests decode, and
+    keeps `count` in flight until it is done: the group serves on while the new engines
+    start behind their weights gates, so requests run at the switch whenever it comes."""
+    requests.send(count, prompt_len, max_tokens, seed)
+    seed += count
+    await requests.all_decoding()
+
     async def awaited():
-        return await action
+        return await action()
 
     done = asyncio.create_task(awaited())
     while not done.done():
@@ -124,6 +137,15 @@ async def _keeping_in_flight(action, requests: Requests, count: int, prompt_len:
             seed += 1
         await asyncio.wait({done}, timeout=0.1)
     return done.result()
+
+
+async def _noting_decode(stream, decoding: asyncio.Event, tokens: int = 3):
+    streamed = 0
+    async for delta in stream:
+        streamed += len(delta.token_ids)
+        if streamed >= tokens:
+            decoding.set()
+        yield delta
 
 
 def _handed_over(outcome: str, at_least: int) -> int:
@@ -154,7 +176,7 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     [single_stage] = await table.actors[before[0]].stage_memory.remote()
 
     in_flight = Requests(drop_client)  # in flight at the drop: 4 at a time, 10 blocks each
-    pipeline_id = await _keeping_in_flight(controller.drop_parameters.remote(POOL), in_flight, 4,
+    pipeline_id = await _keeping_in_flight(lambda: controller.drop_parameters.remote(POOL), in_flight, 4,
                                            prompt_len=100, max_tokens=200, seed=100)
     table = await controller.routing_table.remote()
     assert sorted(table.infos) == [pipeline_id]
@@ -191,7 +213,7 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     # Running at the restore, 3 at a time: 13 blocks each, so two on one restored member
     # (29 blocks) fit and the policy does not drop again.
     requests = Requests(drop_client)
-    members = await _keeping_in_flight(controller.restore_parameters.remote(pipeline_id), requests, 3,
+    members = await _keeping_in_flight(lambda: controller.restore_parameters.remote(pipeline_id), requests, 3,
                                        prompt_len=100, max_tokens=300, seed=300)
     assert len(members) == 2
     # The requests running moved back with their KV: the stages staged their layers,
@@ -273,13 +295,14 @@ async def test_a_burst_drops_by_itself_and_restores_after(drop_cluster, drop_cli
 
 @pytest.fixture(scope="module")
 def decode_drop_cluster(ray_session, tiny_model):
-    """Prefill -> decode serving with two decode replicas under the same budget."""
+    """Prefill -> decode serving with two decode replicas under the same budget, and cold
+    switches (the old engines stop before the new ones start)."""
     config = ClusterConfig(
         name="tidedropd",
         engine=TEST_ENGINE.model_copy(update={"max_model_len": 512, "max_num_seqs": 16}),
         pools=(PoolConfig(name="prefill", role=Role.PREFILL, num_replicas=1),
                PoolConfig(name="decode", role=Role.DECODE, num_replicas=2)),
-        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES),
+        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES, start_behind_gate=False),
         controller=ControllerSettings(tick_s=0.25, health_timeout_s=10.0, start_timeout_s=600.0),
     )
     controller = ray.remote(ControllerActor).options(
@@ -290,17 +313,19 @@ def decode_drop_cluster(ray_session, tiny_model):
 
 
 async def test_a_decode_pool_drops_and_its_pipeline_takes_prefill_handoffs(decode_drop_cluster, oracle):
-    """Decode requests move to the pipeline with their KV; new requests prefill on the
-    prefill replica and the pipeline's stages each load their layers of that KV."""
+    """Decode requests move to the pipeline with their KV (a cold switch); new requests
+    prefill on the prefill replica and the pipeline's stages each load their layers of
+    that KV."""
     controller = decode_drop_cluster
     client = TokenClient(controller, LoadAwareRouter(), TEST_ENGINE.block_size, refresh_s=0.2)
     await client.start()
     try:
         in_flight = Requests(client)
-        pipeline_id = await _keeping_in_flight(controller.drop_parameters.remote("decode"), in_flight, 4,
+        pipeline_id = await _keeping_in_flight(lambda: controller.drop_parameters.remote("decode"), in_flight, 4,
                                                prompt_len=100, max_tokens=200, seed=600)
         [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP]
         with_kv = _handed_over(drop.outcome, at_least=4)
+        assert "engines started once the old ones stopped" in drop.outcome, drop.outcome
         assert await in_flight.check(oracle) >= 4
 
         handed_off = Requests(client)
@@ -318,7 +343,7 @@ async def test_a_decode_pool_drops_and_its_pipeline_takes_prefill_handoffs(decod
         await wait_for(imported_all, 30, "both stages to count every import")
 
         across = Requests(client)
-        members = await _keeping_in_flight(controller.restore_parameters.remote(pipeline_id), across, 3,
+        members = await _keeping_in_flight(lambda: controller.restore_parameters.remote(pipeline_id), across, 3,
                                            prompt_len=100, max_tokens=300, seed=800)
         assert len(members) == 2
         assert await across.check(oracle) >= 3
