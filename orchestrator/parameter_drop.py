@@ -107,9 +107,10 @@ class ParameterDropping:
                 return None
             prestart_s = time.perf_counter() - started
             switch_started = time.perf_counter()
-            # One step, no await: the pool never counts fewer members than it has.
+            # One step, no await: the pool never counts fewer members than it has. (A
+            # member that died meanwhile is already gone: the pool's repair replaced it.)
             for member_id in action.members:
-                self._replicas.pop(member_id)
+                self._replicas.pop(member_id, None)
             self._replicas[pipeline_id] = pipeline
             restored_blocks = g * self._memory.num_blocks(1)
             self._drops.add(DroppedGroup(action.pool, action.members, time.time(), pipeline_id, restored_blocks,
@@ -155,7 +156,7 @@ class ParameterDropping:
             switch_started = time.perf_counter()
             # One step, no await, as at a drop.
             self._drops.remove(pipeline_id)
-            self._replicas.pop(pipeline_id)
+            self._replicas.pop(pipeline_id, None)
             self._replicas.update(members)
             # The pipeline's running requests are split over the members with their KV
             # (each stage stages its layers) and continue there once they serve.
