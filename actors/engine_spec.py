@@ -124,7 +124,8 @@ class EngineSpec:
             # platform otherwise adds a worker process). One process fewer to start (a tiny
             # engine here: see python -m bench.engine_start), and no worker and core
             # busy-polling each other's queue for a second after every step, which on a
-            # two-core machine starves the other engines. AsyncLLM still runs the engine core in its own process.
+            # two-core machine starves the other engines. AsyncLLM still runs the engine
+            # core in its own process.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if self.cpu_threads_bind is not None:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind

@@ -3,9 +3,9 @@ set-up, model config) while the replicas it replaces still serve, and wait there
 gate opens; only then do they claim device memory for weights and KV.
 
 A parameter drop's pipeline starts this way while its members still decode, and a
-restore's members while the pipeline still serves, so the group serves nothing only from
-the members' stop to the new engine's first step: weights, KV allocation and the
-hand-over, not the processes' start. On a GPU the waiting processes hold a device context
+restore's members while the pipeline still serves, so the group serves nothing only for
+the switch (the hand-over, the old engines' stop, the new engine's weights and KV), not
+for the processes' start. On a GPU the waiting processes hold a device context
 and no weights, so the memory the switch frees is not needed before the gate opens.
 
 The gate is a directory: each process that loads weights (one per pipeline stage) marks

@@ -1,5 +1,5 @@
-"""How long a plain vLLM engine (AsyncLLM) takes to start and to stop here, with the model
-run inside the engine core process (VLLM_ENABLE_V1_MULTIPROCESSING=0, what Tide's
+"""How long a vLLM engine (AsyncLLM) as Tide configures it (actors/engine_spec.py) takes to
+start and to stop here, with the model run inside the engine core process (VLLM_ENABLE_V1_MULTIPROCESSING=0, what Tide's
 single-stage replicas use) against vLLM's default on the CPU platform (a worker process
 beside the engine core), in one run; each measurement in a fresh process, medians over
 --repeats.

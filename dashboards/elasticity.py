@@ -35,10 +35,13 @@ def build() -> dashboard.Dashboard:
             "Blocks the pool's pipelines hold beyond what their members hold restored: the freed weights."))
         .with_panel(graph(SWITCH_TIME_PANEL, "s", [
             query(f'max by (kind, pool) (ray_tide_controller_action_last_duration_seconds{{{POOLS}, kind=~"drop|restore"}})',
-                  "{{kind}} {{pool}}")],
+                  "{{kind}} {{pool}}"),
+            query(f'max by (kind, pool) (ray_tide_controller_gated_start_last_seconds{{{POOLS}}})',
+                  "{{kind}} {{pool}}: started behind the gate")],
             "From the hand-over to the new engine serving: the running requests move with their KV, the old "
             "engines stop, the new one (started behind its weights gate while the group served) loads its "
-            "weights and KV. The group serves nothing meanwhile."))
+            "weights and KV. The group serves nothing meanwhile. 'Started behind the gate': how long the new engine "
+            "took to get there while the group served (with parameter_drop.start_behind_gate)."))
         .with_row(dashboard.Row("Controller actions"))
         .with_panel(graph("Actions by kind, reason and outcome", "short", [
             query(f"sum by (kind, reason, outcome) (increase(ray_tide_controller_actions_total{{{POOLS}}}[{RATE}]))",

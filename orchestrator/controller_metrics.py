@@ -28,6 +28,11 @@ class ControllerMetrics:
         self.last_action_duration = metrics.Gauge(
             "tide_controller_action_last_duration_seconds", "Duration of the latest action of each kind.",
             tag_keys=("cluster", "kind", "pool"))
+        self._last_gated_starts: dict[tuple[str, str], float] = {}
+        self.last_gated_start = metrics.Gauge(
+            "tide_controller_gated_start_last_seconds", "How long the latest drop's or restore's new engines took to "
+            "start behind their weights gates while the group served (kind drop or restore).",
+            tag_keys=("cluster", "kind", "pool"))
         self.tick_duration = metrics.Histogram(
             "tide_controller_tick_duration_seconds", "One observe -> decide -> act tick.",
             boundaries=TICK_BUCKETS_S, tag_keys=("cluster",))
@@ -76,6 +81,10 @@ class ControllerMetrics:
         self._last_durations[(event.kind.value, event.pool)] = event.duration_s
         self.last_action_duration.set(event.duration_s, tags=tags)
 
+    def record_gated_start(self, kind: str, pool: str, seconds: float) -> None:
+        self._last_gated_starts[(kind, pool)] = seconds
+        self.last_gated_start.set(seconds, tags={**self._cluster, "kind": kind, "pool": pool})
+
     def record_dropped_groups(self, pool: str, num_groups: int, gained_blocks: int) -> None:
         tags = {**self._cluster, "pool": pool}
         self.dropped_groups.set(num_groups, tags=tags)
@@ -94,6 +103,8 @@ class ControllerMetrics:
         # Ray drops a gauge nobody sets for two export intervals: re-set the rare ones.
         for (kind, pool), duration in self._last_durations.items():
             self.last_action_duration.set(duration, tags={**self._cluster, "kind": kind, "pool": pool})
+        for (kind, pool), seconds in self._last_gated_starts.items():
+            self.last_gated_start.set(seconds, tags={**self._cluster, "kind": kind, "pool": pool})
         if failed:
             self.tick_errors.inc(1, tags=self._cluster)
 

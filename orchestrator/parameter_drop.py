@@ -106,6 +106,8 @@ class ParameterDropping:
                              outcome="failed: the pipeline did not reach its weights; the members serve on")
                 return None
             prestart_s = time.perf_counter() - started
+            if starts:
+                self._metrics.record_gated_start(ActionKind.DROP.value, action.pool, prestart_s)
             switch_started = time.perf_counter()
             # One step, no await: the pool never counts fewer members than it has. (A
             # member that died meanwhile is already gone: the pool's repair replaced it.)
@@ -153,6 +155,8 @@ class ParameterDropping:
                              outcome="failed: the members did not reach their weights; the pipeline serves on")
                 return []
             prestart_s = time.perf_counter() - started
+            if starts:
+                self._metrics.record_gated_start(ActionKind.RESTORE.value, group.pool, prestart_s)
             switch_started = time.perf_counter()
             # One step, no await, as at a drop.
             self._drops.remove(pipeline_id)
