@@ -34,7 +34,7 @@ from actors.migration_metrics import MigrationMetrics
 from actors.replica_device import ReplicaDevice
 from actors.replica_streams import ChannelStreams, ReplicaNotStarted
 from actors.transfer_metrics import TransferMetrics
-from actors.weights_gate import GATE_ENV, GATE_TIMEOUT_ENV, WeightsGate
+from actors.weights_gate import GATE_ENV, GATE_TIMEOUT_ENV, StartBehindGate, WeightsGate
 from actors.messages import PrefillResult, ReplicaInfo, RequestTimings, TokenDelta, TokenRequest, TransferRecord
 from policies.snapshot import Health, ReplicaId, ReplicaSnapshot, Role
 
@@ -70,6 +70,7 @@ class ReplicaActor(ChannelStreams):
         self._device: ReplicaDevice | None = None
         self._gate = WeightsGate(spec.weights_gate_dir(replica_id))
         self._start_ended = False
+        self._starting: asyncio.Future | None = None
         self._init_streams()
 
     # ---- lifecycle ----
@@ -79,6 +80,16 @@ class ReplicaActor(ChannelStreams):
         says when they are there."""
         if self._info is not None:
             return self._info
+        if self._starting is not None:
+            if self._gate.is_waiting and not self._start_ended:
+                # Only whoever started it knows what the engine waits for (a restarted
+                # controller stops it instead of waiting).
+                raise StartBehindGate(f"{self.replica_id} is starting behind its weights gate")
+            return await self._starting
+        self._starting = asyncio.ensure_future(self._start(gated_timeout_s))
+        return await self._starting
+
+    async def _start(self, gated_timeout_s: float | None) -> ReplicaInfo:
         os.environ.update(self.spec.process_env())
         gated = gated_timeout_s is not None
         if gated:

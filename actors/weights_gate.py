@@ -34,6 +34,10 @@ class GateTimeout(RuntimeError):
     """The gate did not open in time (its opener is gone): the engine start fails."""
 
 
+class StartBehindGate(RuntimeError):
+    """A second start of a replica whose engine waits behind its gate."""
+
+
 class WeightsGate:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -63,6 +67,11 @@ class WeightsGate:
     @property
     def is_open(self) -> bool:
         return (self.directory / "open").exists()
+
+    @property
+    def is_waiting(self) -> bool:
+        """Set up for a start that has not passed it yet."""
+        return self.directory.exists() and not self.is_open
 
     def wait_open(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -1,7 +1,9 @@
 """A memory burst on real engines: P99 TTFT and P99 TPOT with parameter dropping, against
 no drop (requests queue for KV: vLLM's default) and migration alone, in one run. Parameter
-dropping twice: with the new engines started behind their weights gates while the group
-serves (the default), and with a cold switch (the old engines stop, then the new start).
+dropping three ways: with the new engines started behind their weights gates while the
+group serves (the default), with a standby pipeline already waiting at its gates before
+the burst (parameter_drop.standby_pipeline), and with a cold switch (the old engines
+stop, then the new start).
 
 Two colocated replicas of the model under a replica memory budget where the weights are
 most of it (--budget-mb; 90 % for `small` by default, as for a 70B-class model on two
@@ -47,7 +49,8 @@ class Result:
     drops: int
     restores: int
     switch_s: tuple[float, ...]
-    # Each switch's new engine start behind its weights gate, while the group served.
+    # Each switch's wait for its new engines to start behind their weights gates while the
+    # group served (with a standby pipeline, the drop's wait for it).
     behind_gate_s: tuple[float, ...]
     migrations: int
 
@@ -67,17 +70,19 @@ def burst_arrivals(base_rate: float, factor: float, base_s: float, burst_s: floa
     return arrivals
 
 
-# (parameter dropping, migration, the new engines started behind their weights gates)
+# (parameter dropping, migration, the new engines started behind their weights gates,
+#  a standby pipeline)
 SETUPS = {
-    "no drop": (False, False, True),
-    "migration alone": (False, True, True),
-    "parameter dropping": (True, False, True),
-    "parameter dropping, cold switch": (True, False, False),
+    "no drop": (False, False, True, False),
+    "migration alone": (False, True, True, False),
+    "parameter dropping": (True, False, True, False),
+    "parameter dropping, standby pipeline": (True, False, True, True),
+    "parameter dropping, cold switch": (True, False, False, False),
 }
 
 
 async def run_setup(name: str, args, arrivals: list[float], drop: bool, migration: bool,
-                    behind_gate: bool = True) -> Result:
+                    behind_gate: bool = True, standby: bool = False) -> Result:
     config = ClusterConfig(
         name="bench-burst-" + re.sub(r"[^a-z0-9]+", "-", name),
         engine=EngineConfig(model=args.model, max_model_len=args.max_model_len, cpu_threads_bind="nobind",
@@ -86,7 +91,7 @@ async def run_setup(name: str, args, arrivals: list[float], drop: bool, migratio
         controller=ControllerSettings(tick_s=0.25, start_timeout_s=600.0),
         parameter_drop=ParameterDropConfig(enabled=drop, replica_memory_bytes=args.budget_mb * 10**6,
                                            min_dropped_s=args.min_dropped_s, drop_usage=args.drop_usage,
-                                           start_behind_gate=behind_gate),
+                                           start_behind_gate=behind_gate, standby_pipeline=standby),
         migration=MigrationConfig(enabled=migration),
     )
     model_path = resolve_model(args.model)
@@ -95,6 +100,8 @@ async def run_setup(name: str, args, arrivals: list[float], drop: bool, migratio
     print(f"[{name}] starting 2 replicas (weights {memory.weight_share:.0%} of {args.budget_mb} MB, "
           f"{memory.num_blocks(1)} KV blocks each, {memory.num_blocks(2)} as one pipeline) ...", flush=True)
     await controller.start.remote()
+    if standby:
+        await wait_for_standby(controller, name)
     client = TokenClient(controller, LoadAwareRouter(), config.engine.block_size, replica_wait_s=300.0)
     await client.start()
     n = len(arrivals)
@@ -114,13 +121,26 @@ async def run_setup(name: str, args, arrivals: list[float], drop: bool, migratio
         name, len(done), n - len(done), pct(ttfts, 50), pct(ttfts, 99), pct(tpots, 50), pct(tpots, 99),
         sum(1 for e in switches if e.kind == ActionKind.DROP), sum(1 for e in switches if e.kind == ActionKind.RESTORE),
         tuple(round(e.duration_s, 2) for e in switches),
-        tuple(float(m.group(1)) for e in switches if (m := re.search(r"gates in ([\d.]+) s", e.outcome))),
+        tuple(float(m.group(1)) for e in switches
+              if (m := re.search(r"(?:gates in|the drop waited) ([\d.]+) s", e.outcome))),
         sum(1 for e in events if e.kind == ActionKind.MIGRATE and e.outcome == "ok"),
     )
     print(f"[{name}] completed {result.completed}/{n}  TTFT p50 {result.p50_ttft_s:.2f} s p99 {result.p99_ttft_s:.2f} s  "
           f"TPOT p50 {result.p50_tpot_s * 1e3:.0f} ms p99 {result.p99_tpot_s * 1e3:.0f} ms  drops {result.drops} "
           f"restores {result.restores} switch s {list(result.switch_s)} (started behind the gate in {list(result.behind_gate_s)} s)  migrations {result.migrations}", flush=True)
     return result
+
+
+async def wait_for_standby(controller, name: str, timeout_s: float = 600.0) -> None:
+    """The standby pipeline starts once the pool serves; traffic starts once it waits at
+    its gates, as it would have long before a burst on a serving cluster."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not any(s.at_gate for s in await controller.standby_pipelines.remote()):
+        if loop.time() - started > timeout_s:
+            raise TimeoutError(f"[{name}] no standby pipeline at its gates after {timeout_s:.0f} s")
+        await asyncio.sleep(0.5)
+    print(f"[{name}] standby pipeline at its weights gates after {loop.time() - started:.1f} s", flush=True)
 
 
 def main() -> None:

@@ -29,7 +29,10 @@ def build() -> dashboard.Dashboard:
             query(f'sum by (pool) (ray_tide_pool_kv_blocks{{{POOLS}, state="free"}})', "{{pool}} free")]))
         .with_row(dashboard.Row("Parameter dropping"))
         .with_panel(graph("Dropped groups (serving as a pipeline)", "short", [
-            query(f"max by (pool) (ray_tide_pool_dropped_groups{{{POOLS}}})", "{{pool}}")]))
+            query(f"max by (pool) (ray_tide_pool_dropped_groups{{{POOLS}}})", "{{pool}}"),
+            query(f"max by (pool) (ray_tide_pool_standby_pipelines{{{POOLS}}})", "{{pool}}: standby at its gates")],
+            "Standby: a pipeline waiting at its weights gates, so the next drop has no start to wait for "
+            "(parameter_drop.standby_pipeline)."))
         .with_panel(graph("KV blocks gained by dropping", "short", [
             query(f"max by (pool) (ray_tide_pool_pipeline_gained_kv_blocks{{{POOLS}}})", "{{pool}}")],
             "Blocks the pool's pipelines hold beyond what their members hold restored: the freed weights."))

@@ -121,11 +121,22 @@ class ParameterDropConfig(_Frozen):
         True, description="start the new engines while the group serves, as far as their weights, and switch "
         "once they are there (actors/weights_gate.py); off: stop the old engines first, then start the new ones. "
         "On a GPU node the start costs the serving engines nothing; on a few CPU cores it competes with them")
+    standby_pipeline: bool = Field(
+        False, description="keep a pipeline of max_group_size stages started behind its weights gates in each "
+        "pool that has a group to drop, so a drop of that size switches without waiting for a start; it is "
+        "started again after each drop it serves. The cost is the waiting processes: no weights, no KV; on a "
+        "GPU, a device context per stage. Needs start_behind_gate")
+    retry_after_s: float = Field(30.0, ge=0, description="after a drop's, restore's or standby's new engines "
+                                 "fail to start, the next try of that kind in that pool waits this long")
+    standby_wait_s: float = Field(3600.0, gt=0, description="a standby pipeline not used within this time "
+                                  "stops, and a new one starts")
 
     @model_validator(mode="after")
     def _budget_when_enabled(self) -> ParameterDropConfig:
         if self.enabled and self.replica_memory_bytes is None:
             raise ValueError("parameter_drop.enabled needs parameter_drop.replica_memory_bytes")
+        if self.standby_pipeline and not self.start_behind_gate:
+            raise ValueError("parameter_drop.standby_pipeline needs parameter_drop.start_behind_gate")
         return self
 
     def settings(self) -> BurstSettings:

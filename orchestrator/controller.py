@@ -23,6 +23,7 @@ from ray.actor import ActorHandle
 
 from actors.engine_spec import EngineSpec
 from actors.messages import ReplicaInfo
+from actors.weights_gate import StartBehindGate
 from orchestrator.config import ClockMode, ClusterConfig, SLOConfig
 from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
@@ -156,6 +157,7 @@ class ControllerActor(ParameterDropping):
         self._started = None
         for task in list(self._tasks):
             task.cancel()
+        await self._stop_standbys()
         await asyncio.gather(*(m.handle.shutdown() for m in self._replicas.values()), return_exceptions=True)
         self._replicas.clear()
 
@@ -300,13 +302,13 @@ class ControllerActor(ParameterDropping):
         return replica_id, _Managed(handle=handle, pool=pool_name, num_members=spec.pipeline_stages)
 
     async def _bring_up(self, replica_id: ReplicaId, reason: str, managed: _Managed | None = None,
-                        gated: bool = False) -> bool:
+                        gate_wait_s: float | None = None) -> bool:
         """Starts the engine of a counted replica, or of `managed` (not counted yet).
-        `gated`: the engine waits before its weights until its gate is opened."""
+        With `gate_wait_s`, the engine waits before its weights until its gate is opened."""
         managed = managed or self._replicas[replica_id]
         started = time.perf_counter()
         try:
-            managed.info = await managed.handle.start(self.config.controller.start_timeout_s, gated)
+            managed.info = await managed.handle.start(self.config.controller.start_timeout_s, gate_wait_s)
             managed.last_ok_at_s = time.time()
         except Exception as exc:  # noqa: BLE001 - any start failure is recorded and retried
             self._replicas.pop(replica_id, None)
@@ -383,6 +385,12 @@ class ControllerActor(ParameterDropping):
             try:
                 handle = ReplicaHandle(replica_id, ray.get_actor(name, namespace=namespace))
                 info = await handle.start(self.config.controller.health_timeout_s)
+            except StartBehindGate:
+                # Started for a switch (or as a standby) by the controller before this one.
+                handle.kill()
+                self._record(ActionKind.ADOPT, "controller_start", replica_id, "", time.perf_counter(),
+                             outcome="stopped: it was starting behind its weights gate")
+                continue
             except (ray.exceptions.RayError, ValueError, asyncio.TimeoutError):
                 continue
             if info.pool not in self._next_index:

@@ -68,6 +68,9 @@ class ControllerMetrics:
         self.pipeline_gained_blocks = metrics.Gauge(
             "tide_pool_pipeline_gained_kv_blocks", "KV blocks a pool's pipeline replicas hold beyond what their members "
             "hold restored: the freed weights.", tag_keys=("cluster", "pool"))
+        self.standby_pipelines = metrics.Gauge(
+            "tide_pool_standby_pipelines", "Pipelines of a pool waiting at their weights gates for a drop "
+            "(parameter_drop.standby_pipeline).", tag_keys=("cluster", "pool"))
         self.replica_up = metrics.Gauge(
             "tide_replica_up", "1 if the replica serves (healthy or draining), else 0.", tag_keys=REPLICA_TAGS)
 
@@ -85,10 +88,11 @@ class ControllerMetrics:
         self._last_gated_starts[(kind, pool)] = seconds
         self.last_gated_start.set(seconds, tags={**self._cluster, "kind": kind, "pool": pool})
 
-    def record_dropped_groups(self, pool: str, num_groups: int, gained_blocks: int) -> None:
+    def record_dropped_groups(self, pool: str, num_groups: int, gained_blocks: int, standby_at_gate: int) -> None:
         tags = {**self._cluster, "pool": pool}
         self.dropped_groups.set(num_groups, tags=tags)
         self.pipeline_gained_blocks.set(gained_blocks, tags=tags)
+        self.standby_pipelines.set(standby_at_gate, tags=tags)
 
     def record_pool_clocks(self, clocks: dict[str, int]) -> None:
         for pool, clock in clocks.items():

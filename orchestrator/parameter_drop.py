@@ -11,7 +11,9 @@ their KV staged (at a drop each stage loads its own layers of it; at a restore e
 stages its layers and the parts become one file of every layer), the old engines stop, the
 gates open, and the new engines load their weights, allocate KV and serve. The group
 serves nothing only during the switch, which is the drop / restore event's duration and
-metric; the start behind the gates is in the event's outcome.
+metric; the start behind the gates is in the event's outcome. With
+`standby_pipeline`, a pipeline waits behind its gates before any burst, so a drop has no
+start to wait for (`_keep_standbys`).
 
 A pipeline that dies (any stage's process) is replaced like any dead replica; its group is
 forgotten, and the pool's repair starts the other members again.
@@ -29,10 +31,33 @@ from policies.burst import DropParameters, DroppedGroup, RestoreParameters, deci
 from policies.snapshot import ReplicaId
 
 
+@dataclasses.dataclass(frozen=True)
+class StandbyPipeline:
+    pool: str
+    replica_id: ReplicaId
+    stages: int
+    at_gate: bool  # every stage waits at its weights gate
+
+
+@dataclasses.dataclass
+class _Standby:
+    """A pipeline started behind its weights gates before a drop needs it."""
+
+    replica_id: ReplicaId
+    managed: object  # the controller's _Managed, not counted in its pool
+    start: asyncio.Task  # ends once its gates open (a drop) or its wait runs out
+    at_gate: asyncio.Task
+    created_s: float
+
+
 class ParameterDropping:
     def _init_drops(self) -> None:
         self._drops = DroppedGroups()
         self._memory = self.config.replica_memory(self.spec.model)
+        self._standbys: dict[str, _Standby] = {}
+        # (drop / restore / standby, pool) -> when its last start failed: no new try
+        # before retry_after_s.
+        self._failed_start_at: dict[tuple[str, str], float] = {}
 
     # ---- public API ----
     async def drop_parameters(self, pool: str, members: list[str] | None = None) -> ReplicaId:
@@ -54,6 +79,10 @@ class ParameterDropping:
     async def dropped_groups(self) -> list[DroppedGroup]:
         return list(self._drops.state().groups)
 
+    async def standby_pipelines(self) -> list[StandbyPipeline]:
+        return [StandbyPipeline(pool, s.replica_id, s.managed.num_members, _is_at_gate(s))
+                for pool, s in self._standbys.items()]
+
     # ---- the tick ----
     def _decide_drops(self) -> list[DropParameters | RestoreParameters]:
         self._forget_lost_pipelines()
@@ -66,9 +95,57 @@ class ParameterDropping:
         busy = self._drops.switching
         snapshot = self._snapshot
         actions = [a for a in decide_burst(snapshot, self._drops.state(), weight_blocks, drop.settings())
-                   if not busy.intersection(a.members)]
+                   if not busy.intersection(a.members)
+                   and not self._retrying_too_soon(_kind_of(a), a.pool)]
         self._drops.observed(snapshot)
+        self._keep_standbys()
         return actions
+
+    def _retrying_too_soon(self, kind: str, pool: str) -> bool:
+        failed_at = self._failed_start_at.get((kind, pool))
+        return failed_at is not None and time.monotonic() - failed_at < self.config.parameter_drop.retry_after_s
+
+    def _keep_standbys(self) -> None:
+        drop = self.config.parameter_drop
+        if not drop.standby_pipeline:
+            return
+        g = drop.max_group_size
+        for pool in self.config.pools:
+            if pool.role not in drop.settings().roles:
+                continue
+            standby = self._standbys.get(pool.name)
+            if standby is not None:
+                if standby.start.done():  # only a drop opens its gates: its start failed
+                    del self._standbys[pool.name]
+                    self._failed_start_at[("standby", pool.name)] = time.monotonic()
+                continue
+            alone = [m for m in self._replicas.values()
+                     if m.pool == pool.name and m.num_members == 1 and m.info is not None and m.dead_reason is None]
+            # Started once the pool has a group to drop and starts nothing else.
+            if (len(alone) < g or self._starting.get(pool.name, 0) or self._drops.switching
+                    or self._retrying_too_soon("standby", pool.name)):
+                continue
+            replica_id, managed = self._create_replica(pool.name, self._pipeline_spec(g))
+            start = asyncio.ensure_future(self._bring_up(replica_id, "drop:standby", managed,
+                                                         gate_wait_s=drop.standby_wait_s))
+            at_gate = asyncio.ensure_future(managed.handle.wait_at_gate(self.config.controller.start_timeout_s))
+            self._standbys[pool.name] = _Standby(replica_id, managed, start, at_gate, time.perf_counter())
+
+    def _take_standby(self, pool: str, stages: int) -> _Standby | None:
+        standby = self._standbys.get(pool)
+        if standby is None or standby.managed.num_members != stages or standby.start.done():
+            return None
+        return self._standbys.pop(pool)
+
+    async def _stop_standbys(self) -> None:
+        standbys = list(self._standbys.values())
+        self._standbys.clear()
+        for standby in standbys:
+            standby.managed.handle.kill()
+        await asyncio.gather(*(s.start for s in standbys), *(s.at_gate for s in standbys), return_exceptions=True)
+
+    def _pipeline_spec(self, stages: int):
+        return dataclasses.replace(self.spec, pipeline_stages=stages, kv_cache_bytes=self._memory.kv_bytes(stages))
 
     def _record_drops(self) -> None:
         for pool in self.config.pools:
@@ -76,7 +153,9 @@ class ParameterDropping:
             for managed in self._replicas.values():
                 if managed.pool == pool.name and managed.num_members > 1 and managed.info and self._memory:
                     gained += managed.info.num_total_blocks - managed.num_members * self._memory.num_blocks(1)
-            self._metrics.record_dropped_groups(pool.name, self._drops.count(pool.name), gained)
+            standby = self._standbys.get(pool.name)
+            self._metrics.record_dropped_groups(pool.name, self._drops.count(pool.name), gained,
+                                                standby_at_gate=int(standby is not None and _is_at_gate(standby)))
 
     def _act_on_drop(self, action: DropParameters | RestoreParameters) -> None:
         if isinstance(action, DropParameters):
@@ -95,13 +174,18 @@ class ParameterDropping:
             self._record(ActionKind.DROP, action.reason, ",".join(action.members), action.pool, started,
                          outcome="failed: members not serving alone, or no replica memory budget configured")
             return None
-        spec = dataclasses.replace(self.spec, pipeline_stages=g, kv_cache_bytes=self._memory.kv_bytes(g))
-        pipeline_id, pipeline = self._create_replica(action.pool, spec)
+        standby = self._take_standby(action.pool, g)
+        if standby is not None:
+            pipeline_id, pipeline = standby.replica_id, standby.managed
+        else:
+            pipeline_id, pipeline = self._create_replica(action.pool, self._pipeline_spec(g))
         self._drops.switching.update((pipeline_id, *action.members))
         try:
             # The members serve on (and take requests) while the pipeline starts.
-            starts = await self._start_behind_gates({pipeline_id: pipeline}, f"drop:{action.reason}")
+            starts = await self._start_behind_gates({pipeline_id: pipeline}, f"drop:{action.reason}",
+                                                    [standby.start] if standby else None)
             if None in starts:
+                self._failed_start_at[(ActionKind.DROP.value, action.pool)] = time.monotonic()
                 self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, started,
                              outcome="failed: the pipeline did not reach its weights; the members serve on")
                 return None
@@ -135,7 +219,8 @@ class ParameterDropping:
         gained = self._replicas[pipeline_id].info.num_total_blocks - restored_blocks
         self._record(ActionKind.DROP, action.reason, pipeline_id, action.pool, switch_started,
                      outcome=f"ok: {g} stages for {','.join(action.members)}, {gained:+d} KV blocks, "
-                             f"{handed_over(moved)}, {started_behind_gates(prestart_s, bool(starts))}")
+                             f"{handed_over(moved)}, "
+                             f"{started_behind_gates(prestart_s, bool(starts), standby and standby.created_s)}")
         return pipeline_id
 
     async def _restore(self, pipeline_id: ReplicaId, reason: str) -> list[ReplicaId]:
@@ -151,6 +236,7 @@ class ParameterDropping:
             # The pipeline serves on while the members start.
             starts = await self._start_behind_gates(members, f"restore:{reason}")
             if None in starts:
+                self._failed_start_at[(ActionKind.RESTORE.value, group.pool)] = time.monotonic()
                 self._record(ActionKind.RESTORE, reason, pipeline_id, group.pool, started,
                              outcome="failed: the members did not reach their weights; the pipeline serves on")
                 return []
@@ -175,17 +261,20 @@ class ParameterDropping:
                              f"{started_behind_gates(prestart_s, bool(starts))}")
         return [m for m, ok in zip(member_ids, up) if ok]
 
-    async def _start_behind_gates(self, replicas: dict, reason: str) -> list[asyncio.Task | None]:
+    async def _start_behind_gates(self, replicas: dict, reason: str,
+                                  starts: list[asyncio.Task] | None = None) -> list[asyncio.Task | None]:
         """Starts the engines of `replicas` (not counted in their pool yet) as far as their
         weights (actors/weights_gate.py) while the replicas they replace still serve: the
         start-ups to finish with `_open_gates`. If any engine does not get there, all are
         stopped and the list holds None. With `start_behind_gate` off, nothing starts
-        here: `_open_gates` starts the engines."""
+        here: `_open_gates` starts the engines. `starts`: start-ups already under way
+        (a standby pipeline's)."""
         if not self.config.parameter_drop.start_behind_gate:
             return []
-        starts = [asyncio.ensure_future(self._bring_up(replica_id, reason, managed, gated=True))
-                  for replica_id, managed in replicas.items()]
         timeout_s = self.config.controller.start_timeout_s
+        if starts is None:
+            starts = [asyncio.ensure_future(self._bring_up(replica_id, reason, managed, gate_wait_s=timeout_s))
+                      for replica_id, managed in replicas.items()]
         at_gates = await asyncio.gather(*(m.handle.wait_at_gate(timeout_s) for m in replicas.values()))
         if all(at_gates):
             return starts
@@ -226,10 +315,22 @@ class ParameterDropping:
         raise KeyError(pool)
 
 
-def started_behind_gates(seconds: float, behind_gate: bool = True) -> str:
+def started_behind_gates(seconds: float, behind_gate: bool = True, standby_since: float | None = None) -> str:
+    """`standby_since`: the perf_counter time a standby pipeline was created."""
     if not behind_gate:
         return "engines started once the old ones stopped"
+    if standby_since:
+        return (f"a standby pipeline took over (started {time.perf_counter() - standby_since:.0f} s before; "
+                f"the drop waited {seconds:.1f} s for its gates)")
     return f"engines started behind their weights gates in {seconds:.1f} s while the group served"
+
+
+def _kind_of(action: DropParameters | RestoreParameters) -> str:
+    return (ActionKind.DROP if isinstance(action, DropParameters) else ActionKind.RESTORE).value
+
+
+def _is_at_gate(standby: _Standby) -> bool:
+    return standby.at_gate.done() and not standby.at_gate.cancelled() and standby.at_gate.result() is True
 
 
 def handed_over(moved: list[tuple[int, int]]) -> str:

@@ -45,10 +45,10 @@ class ReplicaHandle:
         ).remote(replica_id, pool.name, pool.role, spec)
         return cls(replica_id, actor)
 
-    async def start(self, timeout_s: float, gated: bool = False) -> ReplicaInfo:
-        """`gated`: the engine waits before its weights until `open_gate` (see
-        actors/weights_gate.py), within `timeout_s`."""
-        return await asyncio.wait_for(self.actor.start.remote(timeout_s if gated else None), timeout_s)
+    async def start(self, timeout_s: float, gate_wait_s: float | None = None) -> ReplicaInfo:
+        """With `gate_wait_s`, the engine waits before its weights until `open_gate` (see
+        actors/weights_gate.py), at most that long; the start has `timeout_s` besides."""
+        return await asyncio.wait_for(self.actor.start.remote(gate_wait_s), timeout_s + (gate_wait_s or 0.0))
 
     async def wait_at_gate(self, timeout_s: float) -> bool:
         try:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import ray
 
+from actors.weights_gate import StartBehindGate
 from dashboards.build import load_generated
 from dashboards.elasticity import PANELS_AFTER_A_DROP
 from dashboards.queries import expand, panel_queries, variable_values
@@ -24,6 +25,7 @@ from orchestrator.config import ClusterConfig, ControllerSettings, ParameterDrop
 from orchestrator.controller import ControllerActor
 from orchestrator.events import ActionKind
 from orchestrator.prometheus_runner import PrometheusSettings, ray_metrics_targets, running_prometheus
+from orchestrator.replica_handle import replica_actor_name
 from orchestrator.token_client import TokenClient
 from policies.routing import LoadAwareRouter
 from policies.snapshot import Role
@@ -43,7 +45,7 @@ def drop_cluster(ray_session, tiny_model):
         name="tidedrop",
         engine=TEST_ENGINE.model_copy(update={"max_model_len": 512, "max_num_seqs": 16}),
         pools=(PoolConfig(name=POOL, role=Role.COLOCATED, num_replicas=2),),
-        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES),
+        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES, standby_pipeline=True),
         controller=ControllerSettings(tick_s=0.25, health_timeout_s=10.0, start_timeout_s=600.0),
     )
     controller = ray.remote(ControllerActor).options(
@@ -162,6 +164,10 @@ async def _serving(controller) -> list:
     return [r for p in snapshot.pools for r in p.serving]
 
 
+async def _standby_at_gate(controller) -> bool:
+    return any(s.at_gate for s in await controller.standby_pipelines.remote())
+
+
 async def _two_replicas_serving(controller) -> bool:
     serving = await _serving(controller)
     return len(serving) == 2 and all(r.num_members == 1 for r in serving)
@@ -175,16 +181,26 @@ async def test_a_dropped_group_gains_the_freed_weights_and_keeps_every_token(dro
     single_blocks = [table.infos[r].num_total_blocks for r in before]
     [single_stage] = await table.actors[before[0]].stage_memory.remote()
 
+    # A standby pipeline waits at its weights gates; only its starter may open them (a
+    # restarted controller's second start is refused, and it stops the standby).
+    await wait_for(lambda: _standby_at_gate(controller), 240, "a standby pipeline at its weights gates")
+    [standby] = await controller.standby_pipelines.remote()
+    assert standby.stages == 2 and standby.replica_id not in table.infos
+    standby_actor = ray.get_actor(replica_actor_name("tidedrop", standby.replica_id), namespace="tidedrop")
+    with pytest.raises(StartBehindGate):
+        await standby_actor.start.remote()
+
     in_flight = Requests(drop_client)  # in flight at the drop: 4 at a time, 10 blocks each
     pipeline_id = await _keeping_in_flight(lambda: controller.drop_parameters.remote(POOL), in_flight, 4,
                                            prompt_len=100, max_tokens=200, seed=100)
     table = await controller.routing_table.remote()
-    assert sorted(table.infos) == [pipeline_id]
+    assert sorted(table.infos) == [pipeline_id] == [standby.replica_id]
     info = table.infos[pipeline_id]
     assert info.pipeline_stages == 2
     # The requests in flight moved with their KV: each stage loads its layers of it.
     [drop] = [e for e in await controller.events.remote() if e.kind == ActionKind.DROP and e.replica == pipeline_id]
     with_kv = _handed_over(drop.outcome, at_least=4)
+    assert "a standby pipeline took over" in drop.outcome, drop.outcome
 
     async def imported_all() -> bool:
         totals = await table.actors[pipeline_id].connector_totals.remote()

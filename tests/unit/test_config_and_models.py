@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from transformers import AutoConfig, AutoTokenizer
 
 from actors.kv.medium import MediumKind
-from orchestrator.config import ClusterConfig, PoolConfig
+from orchestrator.config import ClusterConfig, ParameterDropConfig, PoolConfig
 from orchestrator.model_builder import SHAPES, ModelSize, build_model, directory_digest
 from orchestrator.models import resolve_model
 from policies.snapshot import Role
@@ -40,6 +40,14 @@ def test_pool_names_are_unique():
 def test_unknown_fields_are_rejected():
     with pytest.raises(ValidationError, match="extra"):
         ClusterConfig.model_validate({"engine": {"kv_cache_gb": 1}})
+
+
+def test_parameter_dropping_needs_a_memory_budget_and_a_standby_needs_the_gate():
+    with pytest.raises(ValidationError, match="needs parameter_drop.replica_memory_bytes"):
+        ParameterDropConfig(enabled=True)
+    with pytest.raises(ValidationError, match="standby_pipeline needs parameter_drop.start_behind_gate"):
+        ParameterDropConfig(enabled=True, replica_memory_bytes=10**9, standby_pipeline=True, start_behind_gate=False)
+    assert ParameterDropConfig(enabled=True, replica_memory_bytes=10**9, standby_pipeline=True).standby_pipeline
 
 
 def test_engine_spec_carries_kv_settings():

@@ -55,6 +55,17 @@ def test_a_reset_forgets_an_earlier_start(tmp_path):
     assert gate.num_arrived() == 0 and not gate.is_open
 
 
+def test_a_start_waits_behind_the_gate_from_its_reset_until_it_opens(tmp_path):
+    gate = WeightsGate(tmp_path / "gate")
+    assert not gate.is_waiting  # no gated start
+    gate.reset()
+    assert gate.is_waiting
+    gate.open()
+    assert not gate.is_waiting
+    gate.remove()
+    assert not gate.is_waiting
+
+
 def test_the_gated_format_is_vllms_default_loader_behind_the_wait():
     loader = get_model_loader(LoadConfig(load_format=LOAD_FORMAT))
     assert isinstance(loader, GatedModelLoader)
