@@ -382,13 +382,17 @@ class ControllerActor(ParameterDropping):
                  if a["namespace"] == namespace and a["name"].startswith(prefix)]
         for name in names:
             replica_id = ReplicaId(name.removeprefix(prefix))
+            pool, _, index = replica_id.rpartition("-")
+            if pool in self._next_index and index.isdigit():
+                # Past every name found, adopted or not: a name is held until its actor is gone.
+                self._next_index[pool] = max(self._next_index[pool], int(index) + 1)
             try:
                 handle = ReplicaHandle(replica_id, ray.get_actor(name, namespace=namespace))
                 info = await handle.start(self.config.controller.health_timeout_s)
             except StartBehindGate:
                 # Started for a switch (or as a standby) by the controller before this one.
                 handle.kill()
-                self._record(ActionKind.ADOPT, "controller_start", replica_id, "", time.perf_counter(),
+                self._record(ActionKind.ADOPT, "controller_start", replica_id, pool, time.perf_counter(),
                              outcome="stopped: it was starting behind its weights gate")
                 continue
             except (ray.exceptions.RayError, ValueError, asyncio.TimeoutError):
@@ -399,8 +403,6 @@ class ControllerActor(ParameterDropping):
                                                   num_members=info.pipeline_stages)
             if info.pipeline_stages > 1:
                 self._adopt_pipeline(replica_id, info.pool, info.pipeline_stages)
-            index = int(replica_id.rsplit("-", 1)[-1])
-            self._next_index[info.pool] = max(self._next_index[info.pool], index + 1)
             self._record(ActionKind.ADOPT, "controller_start", replica_id, info.pool, time.perf_counter())
 
     # ---- status ----

@@ -13,6 +13,7 @@ import ray
 
 from policies.snapshot import Role
 from tests.chaos.local_cluster import NODE_RESOURCE_PREFIX, LocalRayCluster
+from tests.integration.helpers import ask
 
 
 async def replica_actors(controller, role: Role) -> list[tuple[str, object]]:
@@ -27,18 +28,6 @@ async def kill_busiest_replica(controller, role: Role) -> str:
     victim = serving[0].replica_id
     ray.kill(table.actors[victim], no_restart=True)
     return victim
-
-
-async def ask(call, timeout_s: float = 120.0):
-    """A controller call that waits out the controller's restart."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await asyncio.wait_for(call(), timeout=10.0)
-        except (ray.exceptions.RayError, asyncio.TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.25)
 
 
 async def _routing_table(controller):

@@ -48,9 +48,9 @@ from orchestrator.serve_app import endpoint_url
 from orchestrator.serve_ingress_env import ray_serve_env
 from policies.snapshot import Role
 from tests.chaos import faults
-from tests.chaos.faults import ask
 from tests.chaos.local_cluster import LOOPBACK_ENV, LocalRayCluster, NodeSpec
 from tests.chaos.traffic import OpenLoop, Outcome
+from tests.integration.helpers import ask
 from tests.oracle import PlainEngine
 
 CLUSTER = "tidechaos"

@@ -65,6 +65,18 @@ async def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.25
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+async def ask(call, timeout_s: float = 120.0):
+    """A controller call that waits out the controller's restart."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await asyncio.wait_for(call(), timeout=10.0)
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
 @ray.remote(num_cpus=0)
 def _stalled_transfer():
     time.sleep(600)

@@ -3,8 +3,9 @@ pipeline (each stage half the layers), gains the freed weights as KV blocks, and
 every request with the tokens of one plain engine — requests in flight at the drop (handed
 to the pipeline with their KV), during the pipeline phase and across the restore (handed
 back to the members with their KV); a stage dying loses no request; under a burst
-the controller drops by itself and restores after. Its own cluster, with a replica memory
-budget where the weights are 70 % of it."""
+the controller drops by itself and restores after; a restarted controller stops the
+standby pipeline it finds behind its gates and starts its own. Its own cluster, with a
+replica memory budget where the weights are 70 % of it."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from orchestrator.token_client import TokenClient
 from policies.routing import LoadAwareRouter
 from policies.snapshot import Role
 from tests.conftest import TEST_ENGINE
-from tests.integration.helpers import collect, greedy_request, prompt_of, wait_for
+from tests.integration.helpers import ask, collect, greedy_request, prompt_of, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -49,7 +50,7 @@ def drop_cluster(ray_session, tiny_model):
         controller=ControllerSettings(tick_s=0.25, health_timeout_s=10.0, start_timeout_s=600.0),
     )
     controller = ray.remote(ControllerActor).options(
-        name="tidedrop-controller", max_concurrency=1000, num_cpus=0).remote(config, tiny_model)
+        name="tidedrop-controller", max_concurrency=1000, num_cpus=0, max_restarts=1).remote(config, tiny_model)
     ray.get(controller.start.remote())
     yield controller, config.replica_memory(tiny_model)
     ray.get(controller.stop.remote())
@@ -307,6 +308,42 @@ async def test_a_burst_drops_by_itself_and_restores_after(drop_cluster, drop_cli
     [drop] = [e for e in events if e.kind == ActionKind.DROP]
     assert drop.reason == "kv_deficit" and drop.outcome.startswith("ok")
     await wait_for(lambda: _two_replicas_serving(controller), 240, "two replicas serving alone")
+
+
+async def test_a_restarted_controller_stops_the_standby_it_finds_and_starts_its_own(drop_cluster, drop_client,
+                                                                                   oracle):
+    controller, _ = drop_cluster
+    await wait_for(lambda: _two_replicas_serving(controller), 240, "two replicas serving alone")
+    await wait_for(lambda: _standby_at_gate(controller), 240, "a standby pipeline at its weights gates")
+    [old] = await controller.standby_pipelines.remote()
+    ray.kill(controller, no_restart=False)  # Ray starts the controller again; the replicas live on
+
+    async def old_standby_stopped():
+        await ask(lambda: controller.start.remote(wait_ready=False))  # as a front door's poll does
+        events = await ask(controller.events.remote)
+        return any(e.kind == ActionKind.ADOPT and e.replica == old.replica_id and e.outcome.startswith("stopped")
+                   for e in events)
+
+    await wait_for(old_standby_stopped, 240, "the restarted controller to stop the old standby")
+    # Its loop (and so its own standby) starts once it has adopted all it found.
+    await wait_for(lambda: _standby_at_gate(controller), 240, "the restarted controller's standby at its gates")
+    [new] = await controller.standby_pipelines.remote()
+    assert new.replica_id != old.replica_id
+    events = await controller.events.remote()
+    assert sorted(e.replica for e in events if e.kind == ActionKind.ADOPT and e.outcome == "ok") == sorted(
+        r.replica_id for r in await _serving(controller))
+
+    async def old_standby_gone() -> bool:
+        try:
+            ray.get_actor(replica_actor_name("tidedrop", old.replica_id), namespace="tidedrop")
+        except ValueError:
+            return True
+        return False
+
+    await wait_for(old_standby_gone, 30, "the old standby's actor to be gone")
+    requests = Requests(drop_client)
+    requests.send(2, prompt_len=60, max_tokens=40, seed=600)
+    assert await requests.check(oracle) == 2
 
 
 @pytest.fixture(scope="module")
