@@ -127,6 +127,11 @@ class EngineSpec:
             # two-core machine starves the other engines. AsyncLLM still runs the engine
             # core in its own process.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if self.cpu_threads_bind is not None:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
+        bind = self.cpu_threads_bind
+        if bind is None and self.pipeline_stages > 1:
+            # vLLM's automatic binding gives each stage of one node its own NUMA node and
+            # refuses to start with fewer nodes than stages; the stages share the members' cores.
+            bind = "nobind"
+        if bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = bind
         return env

@@ -64,6 +64,11 @@ def test_a_single_stage_engine_runs_its_model_in_the_engine_core_process():
     pipeline = dataclasses.replace(spec, pipeline_stages=2)
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in pipeline.process_env()
     assert pipeline.engine_args().distributed_executor_backend == "mp"
+    # vLLM's automatic thread binding needs a NUMA node per stage; a pipeline leaves it to the OS.
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in spec.process_env()
+    assert pipeline.process_env()["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    bound = dataclasses.replace(pipeline, cpu_threads_bind="0-1|2-3")
+    assert bound.process_env()["VLLM_CPU_OMP_THREADS_BIND"] == "0-1|2-3"
 
 
 def test_model_build_is_deterministic(tmp_path):
