@@ -4,7 +4,8 @@ every request with the tokens of one plain engine — requests in flight at the 
 to the pipeline with their KV), during the pipeline phase and across the restore (handed
 back to the members with their KV); a stage dying loses no request; under a burst
 the controller drops by itself and restores after; a restarted controller stops the
-standby pipeline it finds behind its gates and starts its own. Its own cluster, with a
+standby pipeline it finds behind its gates and starts its own, and a standby whose start
+fails is replaced after the back-off. Its own cluster, with a
 replica memory budget where the weights are 70 % of it."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 
 import httpx
 import pytest
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.engine
 # The tiny model's weights are 4.46 MB: 70 % of this budget (KV: 29 blocks of 32 tokens).
 BUDGET_BYTES = 6_400_000
 POOL = "colocated"
+RETRY_AFTER_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,8 @@ def drop_cluster(ray_session, tiny_model):
         name="tidedrop",
         engine=TEST_ENGINE.model_copy(update={"max_model_len": 512, "max_num_seqs": 16}),
         pools=(PoolConfig(name=POOL, role=Role.COLOCATED, num_replicas=2),),
-        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES, standby_pipeline=True),
+        parameter_drop=ParameterDropConfig(enabled=True, replica_memory_bytes=BUDGET_BYTES, standby_pipeline=True,
+                                           retry_after_s=RETRY_AFTER_S),
         controller=ControllerSettings(tick_s=0.25, health_timeout_s=10.0, start_timeout_s=600.0),
     )
     controller = ray.remote(ControllerActor).options(
@@ -344,6 +348,20 @@ async def test_a_restarted_controller_stops_the_standby_it_finds_and_starts_its_
     requests = Requests(drop_client)
     requests.send(2, prompt_len=60, max_tokens=40, seed=600)
     assert await requests.check(oracle) == 2
+
+    # A standby whose start fails (here: its actor dies) is replaced, after retry_after_s.
+    ray.kill(ray.get_actor(replica_actor_name("tidedrop", new.replica_id), namespace="tidedrop"), no_restart=True)
+
+    async def no_standby() -> bool:
+        return not await controller.standby_pipelines.remote()
+
+    await wait_for(no_standby, 60, "the controller to see its standby's start fail")
+    failed_at = time.monotonic()
+    [again] = await wait_for(controller.standby_pipelines.remote, 60, "a new standby after the back-off",
+                             every_s=0.05)
+    assert time.monotonic() - failed_at >= RETRY_AFTER_S - 1  # not started before the back-off
+    assert again.replica_id not in (old.replica_id, new.replica_id)
+    await wait_for(lambda: _standby_at_gate(controller), 240, "the new standby at its gates")
 
 
 @pytest.fixture(scope="module")
