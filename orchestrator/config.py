@@ -129,7 +129,7 @@ class ParameterDropConfig(_Frozen):
     retry_after_s: float = Field(30.0, ge=0, description="after a drop's, restore's or standby's new engines "
                                  "fail to start, the next try of that kind in that pool waits this long")
     standby_wait_s: float = Field(3600.0, gt=0, description="a standby pipeline not used within this time "
-                                  "stops, and a new one starts")
+                                  "stops (its start counts as failed), and a new one starts after retry_after_s")
 
     @model_validator(mode="after")
     def _budget_when_enabled(self) -> ParameterDropConfig:

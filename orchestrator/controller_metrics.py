@@ -31,7 +31,8 @@ class ControllerMetrics:
         self._last_gated_starts: dict[tuple[str, str], float] = {}
         self.last_gated_start = metrics.Gauge(
             "tide_controller_gated_start_last_seconds", "How long the latest drop's or restore's new engines took to "
-            "start behind their weights gates while the group served (kind drop or restore).",
+            "start behind their weights gates while the group served (kind drop or restore; a drop that takes a "
+            "standby pipeline: its wait for the standby).",
             tag_keys=("cluster", "kind", "pool"))
         self.tick_duration = metrics.Histogram(
             "tide_controller_tick_duration_seconds", "One observe -> decide -> act tick.",

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import time
 
+from actors.engine_spec import EngineSpec
 from orchestrator.dropped_groups import DroppedGroups
 from orchestrator.events import ActionKind
 from policies.burst import DropParameters, DroppedGroup, RestoreParameters, decide_burst
@@ -144,7 +145,7 @@ class ParameterDropping:
             standby.managed.handle.kill()
         await asyncio.gather(*(s.start for s in standbys), *(s.at_gate for s in standbys), return_exceptions=True)
 
-    def _pipeline_spec(self, stages: int):
+    def _pipeline_spec(self, stages: int) -> EngineSpec:
         return dataclasses.replace(self.spec, pipeline_stages=stages, kv_cache_bytes=self._memory.kv_bytes(stages))
 
     def _record_drops(self) -> None:
