@@ -4,7 +4,8 @@ single-stage replicas use) against vLLM's default on the CPU platform (a worker 
 beside the engine core), in one run; each measurement in a fresh process, medians over
 --repeats.
 
-    .venv/bin/python -m bench.engine_start [--model tiny] [--repeats 3] [--grace-s 5]
+    .venv/bin/python -m bench.engine_start [--model tiny] [--repeats 3] [--grace-s 5] \
+        [--out bench/results/engine_start.json]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from actors.engine_spec import EngineSpec
 from orchestrator.models import resolve_model
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--grace-s", type=float, default=5.0, help="the stop's grace (vLLM's default: 5 s)")
+    parser.add_argument("--out", default="bench/results/engine_start.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -67,6 +70,10 @@ def main() -> None:
     for name, m in medians.items():
         print(f"{name:32} start {m['start_s']:5.1f} s ({m['start_s'] / baseline['start_s']:.2f}x)  "
               f"stop {m['stop_s']:4.1f} s")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"command": "python -m bench.engine_start", "args": vars(args),
+                                          "medians": medians, "runs": runs}, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

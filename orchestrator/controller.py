@@ -23,13 +23,14 @@ from ray.actor import ActorHandle
 
 from actors.engine_spec import EngineSpec
 from actors.messages import ReplicaInfo
-from actors.weights_gate import StartBehindGate
 from orchestrator.config import ClockMode, ClusterConfig, SLOConfig
+from orchestrator.adoption import ReplicaAdoption
 from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
+from orchestrator.managed_replica import ManagedReplica
 from orchestrator.parameter_drop import ParameterDropping
 from orchestrator.pool_clocks import PoolClocks
-from orchestrator.replica_handle import ReplicaHandle, replica_actor_name
+from orchestrator.replica_handle import ReplicaHandle
 from policies.actions import Action, RemoveReplica, ReplaceReplica, StartReplica
 from policies.burst import DropParameters, RestoreParameters
 from policies.dvfs import SetPoolClock
@@ -49,23 +50,11 @@ class RoutingTable:
     infos: dict[ReplicaId, ReplicaInfo] = field(default_factory=dict)
 
 
-@dataclass
-class _Managed:
-    handle: ReplicaHandle
-    pool: str
-    info: ReplicaInfo | None = None
-    last: ReplicaSnapshot | None = None
-    last_ok_at_s: float = 0.0
-    dead_reason: str | None = None
-    # > 1: a pipeline replica standing for that many members (parameter dropping).
-    num_members: int = 1
-
-
-class ControllerActor(ParameterDropping):
+class ControllerActor(ParameterDropping, ReplicaAdoption):
     def __init__(self, config: ClusterConfig, model_path: str):
         self.config = config
         self.spec = config.engine_spec(model_path)
-        self._replicas: dict[ReplicaId, _Managed] = {}
+        self._replicas: dict[ReplicaId, ManagedReplica] = {}
         self._next_index: dict[str, int] = {p.name: 0 for p in config.pools}
         self._replacing: set[ReplicaId] = set()
         self._starting: dict[str, int] = {}
@@ -239,7 +228,7 @@ class ControllerActor(ParameterDropping):
             pools.append(PoolSnapshot(pool.name, pool.role, pool.num_replicas, replicas))
         return ClusterSnapshot(version=self._snapshot.version + 1, taken_at_s=time.time(), pools=tuple(pools))
 
-    def _replica_view(self, replica_id: ReplicaId, managed: _Managed) -> ReplicaSnapshot:
+    def _replica_view(self, replica_id: ReplicaId, managed: ManagedReplica) -> ReplicaSnapshot:
         role = self.config.pool(managed.pool).role
         if managed.dead_reason is not None:
             base = managed.last or ReplicaSnapshot(replica_id, managed.pool, role, Health.DEAD,
@@ -293,15 +282,15 @@ class ControllerActor(ParameterDropping):
         self._replicas[replica_id] = managed
         return replica_id
 
-    def _create_replica(self, pool_name: str, spec: EngineSpec) -> tuple[ReplicaId, _Managed]:
+    def _create_replica(self, pool_name: str, spec: EngineSpec) -> tuple[ReplicaId, ManagedReplica]:
         """Creates the replica's actor, not yet counted in its pool."""
         pool = self.config.pool(pool_name)
         replica_id = ReplicaId(f"{pool_name}-{self._next_index[pool_name]}")
         self._next_index[pool_name] += 1
         handle = ReplicaHandle.create(self.config.name, replica_id, pool, spec)
-        return replica_id, _Managed(handle=handle, pool=pool_name, num_members=spec.pipeline_stages)
+        return replica_id, ManagedReplica(handle=handle, pool=pool_name, num_members=spec.pipeline_stages)
 
-    async def _bring_up(self, replica_id: ReplicaId, reason: str, managed: _Managed | None = None,
+    async def _bring_up(self, replica_id: ReplicaId, reason: str, managed: ManagedReplica | None = None,
                         gate_wait_s: float | None = None) -> bool:
         """Starts the engine of a counted replica, or of `managed` (not counted yet).
         With `gate_wait_s`, the engine waits before its weights until its gate is opened."""
@@ -373,37 +362,6 @@ class ControllerActor(ParameterDropping):
         self._events.append(event)
         self._metrics.record_event(event)
         logger.info("controller event %s", event)
-
-    # ---- restart: adopt what is already running ----
-    async def _adopt_existing_replicas(self) -> None:
-        prefix = replica_actor_name(self.config.name, ReplicaId(""))
-        namespace = self.config.name
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if a["namespace"] == namespace and a["name"].startswith(prefix)]
-        for name in names:
-            replica_id = ReplicaId(name.removeprefix(prefix))
-            pool, _, index = replica_id.rpartition("-")
-            if pool in self._next_index and index.isdigit():
-                # Past every name found, adopted or not: a name is held until its actor is gone.
-                self._next_index[pool] = max(self._next_index[pool], int(index) + 1)
-            try:
-                handle = ReplicaHandle(replica_id, ray.get_actor(name, namespace=namespace))
-                info = await handle.start(self.config.controller.health_timeout_s)
-            except StartBehindGate:
-                # Started for a switch (or as a standby) by the controller before this one.
-                handle.kill()
-                self._record(ActionKind.ADOPT, "controller_start", replica_id, pool, time.perf_counter(),
-                             outcome="stopped: it was starting behind its weights gate")
-                continue
-            except (ray.exceptions.RayError, ValueError, asyncio.TimeoutError):
-                continue
-            if info.pool not in self._next_index:
-                continue
-            self._replicas[replica_id] = _Managed(handle=handle, pool=info.pool, info=info, last_ok_at_s=time.time(),
-                                                  num_members=info.pipeline_stages)
-            if info.pipeline_stages > 1:
-                self._adopt_pipeline(replica_id, info.pool, info.pipeline_stages)
-            self._record(ActionKind.ADOPT, "controller_start", replica_id, info.pool, time.perf_counter())
 
     # ---- status ----
     def _pools_ready(self) -> bool:

@@ -13,7 +13,7 @@ gates open, and the new engines load their weights, allocate KV and serve. The g
 serves nothing only during the switch, which is the drop / restore event's duration and
 metric; the start behind the gates is in the event's outcome. With
 `standby_pipeline`, a pipeline waits behind its gates before any burst, so a drop has no
-start to wait for (`_keep_standbys`).
+start to wait for (`_keep_standbys`; which pools get one: policies/standby.py).
 
 A pipeline that dies (any stage's process) is replaced like any dead replica; its group is
 forgotten, and the pool's repair starts the other members again.
@@ -28,8 +28,10 @@ import time
 from actors.engine_spec import EngineSpec
 from orchestrator.dropped_groups import DroppedGroups
 from orchestrator.events import ActionKind
+from orchestrator.managed_replica import ManagedReplica
 from policies.burst import DropParameters, DroppedGroup, RestoreParameters, decide_burst
 from policies.snapshot import ReplicaId
+from policies.standby import StandbyView, pools_wanting_a_standby
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +47,7 @@ class _Standby:
     """A pipeline started behind its weights gates before a drop needs it."""
 
     replica_id: ReplicaId
-    managed: object  # the controller's _Managed, not counted in its pool
+    managed: ManagedReplica  # not counted in its pool
     start: asyncio.Task  # ends once its gates open (a drop) or its wait runs out
     at_gate: asyncio.Task
     created_s: float
@@ -110,27 +112,22 @@ class ParameterDropping:
         drop = self.config.parameter_drop
         if not drop.standby_pipeline:
             return
+        for pool, standby in list(self._standbys.items()):
+            if standby.start.done():  # only a drop opens its gates: its start failed
+                del self._standbys[pool]
+                self._failed_start_at[("standby", pool)] = time.monotonic()
+        view = StandbyView(with_standby=frozenset(self._standbys),
+                           backing_off=frozenset(p.name for p in self.config.pools
+                                                 if self._retrying_too_soon("standby", p.name)),
+                           starting=frozenset(p for p, n in self._starting.items() if n),
+                           switching=bool(self._drops.switching))
         g = drop.max_group_size
-        for pool in self.config.pools:
-            if pool.role not in drop.settings().roles:
-                continue
-            standby = self._standbys.get(pool.name)
-            if standby is not None:
-                if standby.start.done():  # only a drop opens its gates: its start failed
-                    del self._standbys[pool.name]
-                    self._failed_start_at[("standby", pool.name)] = time.monotonic()
-                continue
-            alone = [m for m in self._replicas.values()
-                     if m.pool == pool.name and m.num_members == 1 and m.info is not None and m.dead_reason is None]
-            # Started once the pool has a group to drop and starts nothing else.
-            if (len(alone) < g or self._starting.get(pool.name, 0) or self._drops.switching
-                    or self._retrying_too_soon("standby", pool.name)):
-                continue
-            replica_id, managed = self._create_replica(pool.name, self._pipeline_spec(g))
+        for pool in pools_wanting_a_standby(self._snapshot, view, g, drop.settings().roles):
+            replica_id, managed = self._create_replica(pool, self._pipeline_spec(g))
             start = asyncio.ensure_future(self._bring_up(replica_id, "drop:standby", managed,
                                                          gate_wait_s=drop.standby_wait_s))
             at_gate = asyncio.ensure_future(managed.handle.wait_at_gate(self.config.controller.start_timeout_s))
-            self._standbys[pool.name] = _Standby(replica_id, managed, start, at_gate, time.perf_counter())
+            self._standbys[pool] = _Standby(replica_id, managed, start, at_gate, time.perf_counter())
 
     def _take_standby(self, pool: str, stages: int) -> _Standby | None:
         standby = self._standbys.get(pool)

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -48,6 +48,7 @@ from orchestrator.serve_app import endpoint_url
 from orchestrator.serve_ingress_env import ray_serve_env
 from policies.snapshot import Role
 from tests.chaos import faults
+from tests.chaos.event_log import ControllerEventLog
 from tests.chaos.local_cluster import LOOPBACK_ENV, LocalRayCluster, NodeSpec
 from tests.chaos.traffic import OpenLoop, Outcome
 from tests.integration.helpers import ask
@@ -80,6 +81,9 @@ class FaultRecord:
     injected_at_unix_s: float = 0.0
     # What still fell short when the bound ran out.
     missing: str = ""
+    # The replicas whose actors the fault killed (with their node, for a node fault).
+    lost_replicas: list[str] = field(default_factory=list)
+    kills_controller: bool = False
 
 
 def recovery_bounds_s(engine_start_s: float) -> dict[str, float]:
@@ -168,10 +172,11 @@ async def run_faults(controller, cluster: LocalRayCluster, load: OpenLoop, stagi
         if asyncio.iscoroutine(detail):
             detail = await detail
         gone = await dead_actors(list(table.actors.values())) if kind in ("replica", "node") else frozenset()
+        lost = sorted(rid for rid, actor in table.actors.items() if actor_id(actor) in gone)
         recovered, missing = await wait_recovered(controller, started, bounds_s[kind], gone,
                                                   table.snapshot.version if kills_controller else None)
         records.append(FaultRecord(name, kind, started, recovered, bounds_s[kind], str(detail or ""),
-                                   started_unix, missing))
+                                   started_unix, missing, lost, kills_controller))
         print(f"  {name}: recovered after {recovered if recovered is None else round(recovered, 1)} s"
               f"{' (' + missing + ')' if missing else ''}", flush=True)
         await asyncio.sleep(settle_s)
@@ -262,21 +267,23 @@ async def main_async(args) -> dict:
         with running_prometheus(ray_metrics_targets(), PrometheusSettings(port=args.prometheus_port,
                                                                           scrape_interval_s=1.0)) as prometheus:
             load = OpenLoop(url, e.served_model_name, rate=args.rate, seed=args.seed)
+            event_log = ControllerEventLog(controller)
             started = time.monotonic()
+            event_log.start()
             load.start()
             await run_faults(controller, cluster, load, staging, records, bounds_s)
             await asyncio.sleep(5.0)
             outcomes = await load.stop()
+            events = await event_log.stop()
             await asyncio.sleep(3.0)  # one more scrape
             evidence = await prometheus_evidence(prometheus, int(time.monotonic() - started) + 30)
         print(f"checking {len(outcomes)} requests against the oracle", flush=True)
         finished = [o for o in outcomes if o.finished and not o.error]
         answers = await asyncio.gather(*(oracle.greedy.remote(o.prompt, o.max_tokens) for o in finished))
         summary = summarize(outcomes, {o.request_id: a for o, a in zip(finished, answers, strict=True)})
-        events = await ask(controller.events.remote)
         return {"faults": [asdict(r) for r in records], **summary, "metrics": evidence, "engine_start_s": engine_start_s,
                 "controller_events": Counter(f"{e.kind.value}:{e.outcome.split(':')[0]}" for e in events),
-                # Those of the controller that runs now (a killed one's went with it).
+                # Every controller's, the killed ones' included.
                 "controller_event_log": [
                     {"at_unix_s": e.at_s, "kind": e.kind.value, "reason": e.reason, "replica": e.replica,
                      "pool": e.pool, "outcome": e.outcome[:200], "duration_s": round(e.duration_s, 2)}

@@ -13,11 +13,13 @@ from orchestrator.token_client import RequestFailed, TokenClient
 from policies.routing import LoadAwareRouter
 from policies.snapshot import Health, Role
 from tests.integration.helpers import (
+    ask,
     collect,
     greedy_request,
     prompt_of,
     serving_ids,
     wait_for,
+    wait_until_serving,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.disruptive]
@@ -187,6 +189,47 @@ async def test_controller_crash_loses_no_replica(client, controller, oracle):
     assert sorted(after.actors) == sorted(before.actors)
     events = await controller.events.remote()
     assert {e.replica for e in events if e.kind == "adopt"} == set(before.actors)
+
+
+async def test_a_replica_starting_when_the_controller_dies_is_adopted_not_orphaned(client, controller, oracle):
+    """The controller dies while a replacement builds its engine. An ordinary start holds
+    the replica's event loop for the whole build, so the replica cannot answer the
+    restarted controller within health_timeout_s: it is counted as starting and adopted
+    once its start returns. No second replica starts, and no actor is left running unowned."""
+    [old_id] = await serving_ids(controller, "decode")
+    table = await controller.routing_table.remote()
+    ray.kill(table.actors[old_id])
+
+    async def starting():
+        snapshot = await controller.snapshot.remote()
+        return [r.replica_id for p in snapshot.pools if p.name == "decode" for r in p.replicas
+                if r.health == Health.STARTING] or None
+
+    [new_id] = await wait_for(starting, 60, "a replacement to start")
+    ray.kill(controller, no_restart=False)
+    # Far less than an engine start: the restarted controller must answer while the
+    # replacement still builds.
+    await ask(controller.snapshot.remote)
+
+    async def adopted():
+        events = await ask(controller.events.remote)
+        return [e for e in events if e.kind == "adopt" and e.replica == new_id] or None
+
+    [event] = await wait_for(adopted, 240, f"{new_id} to be adopted")
+    assert event.outcome.startswith("ok: answered after"), event
+    await wait_until_serving(controller)
+    assert await serving_ids(controller, "decode") == [new_id]
+    prefix = "tidetest-replica-"
+    named = {a["name"].removeprefix(prefix) for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "tidetest" and a["name"].startswith(prefix)}
+    assert named == set((await controller.routing_table.remote()).actors)
+
+    fresh = TokenClient(controller, LoadAwareRouter(), 32)
+    await fresh.start()
+    prompt = prompt_of(110, seed=945)
+    tokens, _ = await collect(fresh.generate_disaggregated(greedy_request(prompt)))
+    assert tokens == await oracle.greedy.remote(prompt, 24)
+    await fresh.close()
 
 
 async def test_drain_stops_routing_to_replica(controller):
