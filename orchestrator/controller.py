@@ -23,8 +23,8 @@ from ray.actor import ActorHandle
 
 from actors.engine_spec import EngineSpec
 from actors.messages import ReplicaInfo
-from orchestrator.config import ClockMode, ClusterConfig, SLOConfig
 from orchestrator.adoption import ReplicaAdoption
+from orchestrator.config import ClockMode, ClusterConfig, SLOConfig
 from orchestrator.controller_metrics import ControllerMetrics
 from orchestrator.events import ActionKind, ControllerEvent
 from orchestrator.managed_replica import ManagedReplica

@@ -15,7 +15,7 @@ class ControllerEventLog:
     def __init__(self, controller, every_s: float = 2.0):
         self._controller = controller
         self._every_s = every_s
-        self._seen: dict[tuple, ControllerEvent] = {}
+        self._seen: set[ControllerEvent] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -27,7 +27,7 @@ class ControllerEventLog:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self._read()
-        return sorted(self._seen.values(), key=lambda e: e.at_s)
+        return sorted(self._seen, key=lambda e: e.at_s)
 
     async def _follow(self) -> None:
         while True:
@@ -39,5 +39,4 @@ class ControllerEventLog:
             events = await asyncio.wait_for(self._controller.events.remote(), timeout=5.0)
         except (ray.exceptions.RayError, asyncio.TimeoutError):
             return  # dead or restarting: the next read catches up
-        for e in events:
-            self._seen[(e.at_s, e.kind, e.reason, e.replica, e.outcome)] = e
+        self._seen.update(events)

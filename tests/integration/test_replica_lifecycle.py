@@ -9,9 +9,10 @@ import psutil
 import pytest
 import ray
 
+from orchestrator.replica_handle import replica_actor_name
 from orchestrator.token_client import RequestFailed, TokenClient
 from policies.routing import LoadAwareRouter
-from policies.snapshot import Health, Role
+from policies.snapshot import Health, ReplicaId, Role
 from tests.integration.helpers import (
     ask,
     collect,
@@ -137,12 +138,7 @@ async def test_killed_replica_is_replaced(client, controller, oracle):
     events = await controller.events.remote()
     assert any(e.kind == "replace" and e.replica == old_id and e.reason == "actor_died" for e in events), events
 
-    fresh = TokenClient(controller, LoadAwareRouter(), 32)
-    await fresh.start()
-    prompt = prompt_of(130, seed=920)
-    tokens, _ = await collect(fresh.generate_disaggregated(greedy_request(prompt)))
-    assert tokens == await oracle.greedy.remote(prompt, 24)
-    await fresh.close()
+    await _a_fresh_client_gets_the_oracle_s_tokens(controller, oracle, prompt_of(130, seed=920))
 
 
 async def test_engine_death_is_detected_and_not_hung_on(client, controller):
@@ -219,17 +215,12 @@ async def test_a_replica_starting_when_the_controller_dies_is_adopted_not_orphan
     assert event.outcome.startswith("ok: answered after"), event
     await wait_until_serving(controller)
     assert await serving_ids(controller, "decode") == [new_id]
-    prefix = "tidetest-replica-"
+    prefix = replica_actor_name("tidetest", ReplicaId(""))
     named = {a["name"].removeprefix(prefix) for a in ray.util.list_named_actors(all_namespaces=True)
              if a["namespace"] == "tidetest" and a["name"].startswith(prefix)}
     assert named == set((await controller.routing_table.remote()).actors)
 
-    fresh = TokenClient(controller, LoadAwareRouter(), 32)
-    await fresh.start()
-    prompt = prompt_of(110, seed=945)
-    tokens, _ = await collect(fresh.generate_disaggregated(greedy_request(prompt)))
-    assert tokens == await oracle.greedy.remote(prompt, 24)
-    await fresh.close()
+    await _a_fresh_client_gets_the_oracle_s_tokens(controller, oracle, prompt_of(110, seed=945))
 
 
 async def test_drain_stops_routing_to_replica(controller):
@@ -245,3 +236,12 @@ async def test_drain_stops_routing_to_replica(controller):
     finally:
         await table.actors[prefill_id].resume.remote()
     assert (await table.actors[prefill_id].stats.remote()).accepts_requests
+
+
+async def _a_fresh_client_gets_the_oracle_s_tokens(controller, oracle, prompt: list[int]) -> None:
+    """A client that starts after the fault (its routing table is the controller's now)."""
+    fresh = TokenClient(controller, LoadAwareRouter(), 32)
+    await fresh.start()
+    tokens, _ = await collect(fresh.generate_disaggregated(greedy_request(prompt)))
+    assert tokens == await oracle.greedy.remote(prompt, 24)
+    await fresh.close()
